@@ -1,0 +1,73 @@
+"""Hydra entry points that honour the contract's error format.
+
+Hydra reports a bad override or a failing job by printing a multi-line message and exiting with
+code 1. The contract asks for one ``genbench: error:`` line and exit code 2 for bad input, so each
+entry point runs Hydra through :func:`hydra_entry`, which swaps Hydra's reporter for one that maps
+user errors (config composition, override syntax, :class:`GenbenchError`) to that line and leaves
+every other exception to Hydra. ``HYDRA_FULL_ERROR=1`` still shows the full traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import hydra
+from hydra._internal import utils as hydra_utils
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from genbench.errors import GenbenchError
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+_USER_ERRORS = (
+    GenbenchError,
+    ConfigCompositionException,
+    MissingConfigException,
+    OverrideParseException,
+    OmegaConfBaseException,
+)
+
+
+def _user_error_message(exc: BaseException) -> str | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, _USER_ERRORS):
+            text = str(seen)
+            if isinstance(seen, ConfigCompositionException) and isinstance(seen.__cause__, OmegaConfBaseException):
+                text = f"{text} {seen.__cause__}"
+            return " ".join(text.replace("\t", " ").split())
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _make_reporter(original: Callable) -> Callable:
+    def run_and_report(func: Callable):
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return original(func)
+        try:
+            return func()
+        except Exception as exc:  # noqa: BLE001 - anything not ours goes back to Hydra's reporter
+            message = _user_error_message(exc)
+            if message is None:
+                return original(lambda: (_ for _ in ()).throw(exc))
+            print(f"genbench: error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    return run_and_report
+
+
+def hydra_entry(task: Callable[[DictConfig], object], config_name: str) -> Callable[[], None]:
+    """A console-script ``main`` running ``task`` under Hydra with the contract's error handling."""
+
+    def main() -> None:
+        if not getattr(hydra_utils.run_and_report, "_genbench", False):
+            reporter = _make_reporter(hydra_utils.run_and_report)
+            reporter._genbench = True  # type: ignore[attr-defined]
+            hydra_utils.run_and_report = reporter
+        hydra.main(version_base=None, config_path=CONF_DIR, config_name=config_name)(task)()
+
+    return main

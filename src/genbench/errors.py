@@ -1,0 +1,53 @@
+"""The contract's error path: bad input ends with one ``genbench: error:`` line and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+class GenbenchError(Exception):
+    """Bad user input: a path, file, config value, checkpoint or shape that cannot be used."""
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821 - typing only
+    """Print the contract's one-line error and exit with code 2."""
+    print(f"genbench: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _is_user_error(exc: BaseException) -> str | None:
+    """Return a message when ``exc`` (or its cause chain) is a user error, else None."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, GenbenchError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, OmegaConfBaseException):
+        return " ".join(str(exc).split())
+    return None
+
+
+def user_errors(fn: F) -> F:
+    """Turn GenbenchError (also when wrapped by Hydra's instantiate) into the contract's error line.
+
+    ``HYDRA_FULL_ERROR=1`` re-raises so the traceback is visible.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - we filter below
+            message = _is_user_error(exc)
+            if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            fail(message)
+
+    return wrapper  # type: ignore[return-value]

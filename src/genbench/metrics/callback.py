@@ -1,0 +1,120 @@
+"""FID during training, for FID-against-compute curves.
+
+Every ``every_n_steps`` optimizer steps and/or every ``every_n_minutes`` of training, and once at the end, the
+callback samples ``n_samples`` images from ``pl_module.sample`` (the same noise each time, balanced labels for
+conditional models), scores them against the cached reference features of ``trainer.datamodule`` with the one
+evaluator's extractor, and logs ``fid``, ``wall_clock_s`` (training seconds, FID time excluded), ``images_seen``
+and ``fid_seconds`` to every logger (metrics.csv with the CSV logger).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytorch_lightning as pl
+import torch
+
+from genbench.errors import GenbenchError
+from genbench.metrics.cache import FeatureCache
+from genbench.metrics.evaluator import MetricsConfig, _features, images_from_datamodule, sample_images
+from genbench.metrics.extractors import Extractor, build_extractor
+from genbench.metrics.fidelity import fid
+
+log = logging.getLogger(__name__)
+
+
+class FIDCallback(pl.Callback):
+    """Log FID against the data module's reference split while training.
+
+    ``metrics`` is the ``metrics`` config (extractor, reference split, cache); ``sampler`` the sampler options
+    passed to ``sample`` (diffusion's ``sampler``, ``steps``, ...).
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        every_n_minutes: float | None = None,
+        n_samples: int = 500,
+        metrics=None,
+        sampler: dict | None = None,
+        seed: int = 0,
+        at_end: bool = True,
+    ):
+        if not every_n_steps and not every_n_minutes:
+            raise GenbenchError("FIDCallback needs every_n_steps or every_n_minutes (or leave callbacks.fid null)")
+        self.every_n_steps, self.every_n_minutes, self.n_samples = every_n_steps, every_n_minutes, int(n_samples)
+        self.config = MetricsConfig.from_cfg(metrics)
+        self.sampler = dict(sampler or {})
+        if "name" in self.sampler:
+            self.sampler["sampler"] = self.sampler.pop("name")
+        self.seed, self.at_end = seed, at_end
+        self.extractor: Extractor | None = None
+        self.reference: dict[str, torch.Tensor] | None = None
+        self.history: list[dict] = []
+        self._started = 0.0
+        self._fid_seconds = 0.0
+        self._last_eval_time = 0.0
+        self._last_step = -1
+
+    def _wall_clock(self) -> float:
+        return time.perf_counter() - self._started - self._fid_seconds
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._started = time.perf_counter()
+        self._fid_seconds = self._last_eval_time = 0.0
+
+    def _prepare(self, trainer, pl_module) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            raise GenbenchError("FIDCallback needs the trainer's data module (trainer.fit(model, datamodule=...))")
+        reference = images_from_datamodule(datamodule, self.config.reference_split, self.config.n_reference)
+        self.extractor = build_extractor(
+            self.config.extractor, reference.channels, pl_module.device, self.config.inception_weights, self.config.extractor_weights
+        )
+        cache = FeatureCache(self.config.cache_dir)
+        self.reference = _features(self.extractor, reference, cache, self.config, None, "reference")
+
+    def _due(self, step: int) -> bool:
+        if step == self._last_step:
+            return False
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
+            return True
+        return bool(self.every_n_minutes) and self._wall_clock() - self._last_eval_time >= 60 * self.every_n_minutes
+
+    @torch.no_grad()
+    def measure(self, trainer, pl_module) -> dict:
+        started = time.perf_counter()
+        if self.extractor is None:
+            self._prepare(trainer, pl_module)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            fake, _ = sample_images(pl_module, self.n_samples, self.config.batch_size, self.seed, self.sampler, pl_module.device)
+        finally:
+            pl_module.train(was_training)
+        features = self.extractor.features(fake, self.config.batch_size)
+        value = fid(features, self.reference, self.extractor.feature_layer)
+        wall_clock = self._wall_clock()
+        self._fid_seconds += time.perf_counter() - started
+        self._last_eval_time = wall_clock
+        self._last_step = trainer.global_step
+        metrics = {
+            "fid": value,
+            "wall_clock_s": wall_clock,
+            "images_seen": float(getattr(pl_module, "images_seen", 0)),
+            "fid_seconds": time.perf_counter() - started,
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        self.history.append({"step": trainer.global_step, **metrics})
+        log.info("step %d: fid %.3f (%s, %d samples)", trainer.global_step, value, self.extractor.name, self.n_samples)
+        return metrics
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.is_global_zero and self._due(trainer.global_step):
+            self.measure(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.at_end and trainer.is_global_zero and trainer.global_step != self._last_step:
+            self.measure(trainer, pl_module)

@@ -1,0 +1,128 @@
+"""``GenerativeModule``: the one interface every family implements.
+
+Evaluation, sampling and reporting touch nothing else: ``sample``, ``family``, ``num_classes``,
+``class_names``, ``images_seen``. Sampling always uses the EMA copy of the sampling network.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from genbench.errors import GenbenchError
+
+
+class Diverged(RuntimeError):
+    """A loss went NaN or infinite: the run stops and run.json says ``diverged``."""
+
+
+class GenerativeModule(pl.LightningModule):
+    family: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        family: str | None = None,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+        conditional: bool = True,
+        ema_decay: float = 0.999,
+        compile: bool = False,
+        log_every_n_steps: int = 25,
+    ):
+        super().__init__()
+        if family is not None and family != self.family:
+            raise GenbenchError(f"model.family={family} does not match {type(self).__name__} (family {self.family})")
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.num_classes = int(num_classes) if (conditional and num_classes) else None
+        self.class_names = list(class_names) if (self.num_classes and class_names) else None
+        self.ema_decay = ema_decay
+        self.compile_nets = compile
+        self.log_every_n_steps = log_every_n_steps
+        self.images_seen = 0
+        self.run_meta: dict | None = None  # resolved config and data facts, stored in every checkpoint
+        self.checkpoint_sha256: str | None = None
+        self._first_bad_step: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ EMA
+    def sampling_network(self) -> nn.Module:
+        """The network whose EMA copy draws samples (generator, VAE, UNet)."""
+        raise NotImplementedError
+
+    def setup_ema(self) -> None:
+        """Call at the end of a subclass's ``__init__``, once the sampling network exists."""
+        self.ema = AveragedModel(self.sampling_network(), multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
+        self.ema.requires_grad_(False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.ema.update_parameters(self.sampling_network())
+        self.images_seen += int(batch[0].shape[0])
+        if (self.global_step_count() % self.log_every_n_steps) == 0:
+            self.raise_if_diverged()
+
+    def on_train_end(self) -> None:
+        self.raise_if_diverged()
+
+    def global_step_count(self) -> int:
+        """Training batches so far; unlike ``global_step`` it does not count each optimizer of a GAN."""
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.total.completed) if self._trainer else 0
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["genbench_images_seen"] = self.images_seen
+        if self.run_meta is not None:
+            checkpoint["genbench"] = self.run_meta
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.images_seen = int(checkpoint.get("genbench_images_seen", 0))
+
+    # ------------------------------------------------------------------ losses
+    def log_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        """Log each term and remember, without a host sync, the first step it went non-finite."""
+        step = torch.tensor(self.global_step_count(), device=self.device)
+        for name, value in losses.items():
+            value = value.detach()
+            first = self._first_bad_step.get(name, torch.tensor(-1, device=self.device))
+            self._first_bad_step[name] = torch.where((first < 0) & ~torch.isfinite(value), step, first)
+            self.log(f"train/{name}", value.float(), on_step=True, on_epoch=False)
+
+    def raise_if_diverged(self) -> None:
+        for name, first in self._first_bad_step.items():
+            bad = int(first.item())  # the one host sync, every log_every_n_steps
+            if bad >= 0:
+                raise Diverged(f"{self.family}: loss term '{name}' became non-finite at step {bad}")
+
+    # ------------------------------------------------------------------ sampling
+    def resolve_labels(self, n: int, labels, generator: torch.Generator | None) -> torch.Tensor | None:
+        """Class ids for ``n`` samples: given ids, one id for all, or (conditional, none given) uniform draws."""
+        if self.num_classes is None:
+            if labels is not None:
+                raise GenbenchError(f"this {self.family} model is unconditional; it takes no labels")
+            return None
+        if labels is None:
+            draw = torch.randint(self.num_classes, (n,), generator=generator, device=generator.device if generator else "cpu")
+            return draw.to(self.device)
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+        if labels.numel() == 1:
+            labels = labels.expand(n)
+        if labels.numel() != n:
+            raise GenbenchError(f"got {labels.numel()} labels for {n} samples")
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise GenbenchError(f"labels must lie in [0, {self.num_classes - 1}]")
+        return labels.to(self.device)
+
+    def randn(self, *shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Gaussian noise on this module's device, drawn from ``generator`` wherever that lives."""
+        where = generator.device if generator is not None else self.device
+        return torch.randn(*shape, generator=generator, device=where).to(self.device)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, generator: torch.Generator | None = None, **sampler_kwargs) -> torch.Tensor:
+        """``n`` images in [-1, 1], shape (n, C, H, W), from the EMA weights."""
+        raise NotImplementedError
+
+    def maybe_compile(self, net: nn.Module) -> nn.Module:
+        return torch.compile(net) if self.compile_nets else net

@@ -1,0 +1,127 @@
+"""GAN: a generator and a discriminator trained against each other with Lightning's manual optimization."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genbench.errors import GenbenchError
+from genbench.models.base import GenerativeModule
+
+
+def d_loss_non_saturating(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Goodfellow et al. 2014: -log D(x) - log(1 - D(G(z)))."""
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+
+def g_loss_non_saturating(fake: torch.Tensor) -> torch.Tensor:
+    """The non-saturating generator loss -log D(G(z)) (Goodfellow et al. 2014, sec. 3)."""
+    return F.softplus(-fake).mean()
+
+
+def d_loss_hinge(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Lim & Ye 2017; Miyato et al. 2018 eq. 16."""
+    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+
+def d_loss_wasserstein(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The critic's side of the Wasserstein loss (Arjovsky et al. 2017); its penalty comes separately."""
+    return fake.mean() - real.mean()
+
+
+def g_loss_adversarial(fake: torch.Tensor) -> torch.Tensor:
+    """-E[D(G(z))]: the generator loss of both hinge and WGAN training."""
+    return -fake.mean()
+
+
+LOSSES = {
+    "non_saturating": (d_loss_non_saturating, g_loss_non_saturating),
+    "hinge": (d_loss_hinge, g_loss_adversarial),
+    "wgan_gp": (d_loss_wasserstein, g_loss_adversarial),
+}
+
+
+def gradient_penalty(discriminator: nn.Module, real, fake, labels) -> torch.Tensor:
+    """Gulrajani et al. 2017 eq. 3: (||grad D(x_hat)|| - 1)^2 on random interpolates x_hat."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(mixed, labels).sum(), mixed, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+class GANModule(GenerativeModule):
+    family = "gan"
+
+    def __init__(
+        self,
+        generator: Callable[..., nn.Module],
+        discriminator: Callable[..., nn.Module],
+        g_optimizer: Callable[..., torch.optim.Optimizer],
+        d_optimizer: Callable[..., torch.optim.Optimizer],
+        loss: str = "hinge",
+        gp_weight: float = 10.0,
+        d_steps: int = 1,
+        **base,
+    ):
+        super().__init__(**base)
+        if loss not in LOSSES:
+            raise GenbenchError(f"model.loss={loss}; expected one of {', '.join(LOSSES)}")
+        if d_steps < 1:
+            raise GenbenchError(f"model.d_steps={d_steps}; expected at least 1")
+        channels, size, _ = self.image_shape
+        self.generator = generator(image_channels=channels, image_size=size, num_classes=self.num_classes)
+        self.discriminator = discriminator(image_channels=channels, image_size=size, num_classes=self.num_classes)
+        self.train_generator = self.maybe_compile(self.generator)
+        self.train_discriminator = self.maybe_compile(self.discriminator)
+        self.g_optimizer_factory, self.d_optimizer_factory = g_optimizer, d_optimizer
+        self.loss_name, self.gp_weight, self.d_steps = loss, gp_weight, d_steps
+        self.d_loss_fn, self.g_loss_fn = LOSSES[loss]
+        self.automatic_optimization = False
+        self.setup_ema()
+
+    def sampling_network(self) -> nn.Module:
+        return self.generator
+
+    def configure_optimizers(self):
+        return [self.g_optimizer_factory(self.generator.parameters()), self.d_optimizer_factory(self.discriminator.parameters())]
+
+    def _latents(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.generator.latent_dim, device=self.device)
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        real, labels = batch
+        labels = labels if self.num_classes is not None else None
+        g_opt, d_opt = self.optimizers()
+        n = real.shape[0]
+
+        for _ in range(self.d_steps):
+            with torch.no_grad():
+                fake = self.train_generator(self._latents(n), labels)
+            d_real = self.train_discriminator(real, labels)
+            d_fake = self.train_discriminator(fake, labels)
+            d_loss = self.d_loss_fn(d_real, d_fake)
+            losses = {"d_loss": d_loss}
+            if self.loss_name == "wgan_gp":
+                penalty = gradient_penalty(self.train_discriminator, real, fake, labels)
+                d_loss = d_loss + self.gp_weight * penalty
+                losses["gradient_penalty"] = penalty
+            d_opt.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            d_opt.step()
+
+        fake = self.train_generator(self._latents(n), labels)
+        g_loss = self.g_loss_fn(self.train_discriminator(fake, labels))
+        g_opt.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        g_opt.step()
+        self.log_losses({**losses, "g_loss": g_loss, "d_real": d_real.mean(), "d_fake": d_fake.mean()})
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, generator: torch.Generator | None = None, **sampler_kwargs) -> torch.Tensor:
+        """One generator pass; ``sampler_kwargs`` (diffusion's sampler settings) do not apply to a GAN."""
+        labels = self.resolve_labels(n, labels, generator)
+        z = self.randn(n, self.ema.module.latent_dim, generator=generator)
+        return self.ema.module(z, labels).clamp(-1, 1)

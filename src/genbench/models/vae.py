@@ -1,0 +1,122 @@
+"""VAE: an encoder to a Gaussian latent and a decoder back, trained on the ELBO with beta and KL warm-up."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genbench.errors import GenbenchError
+from genbench.models.base import GenerativeModule
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)) per example, summed over latents (Kingma & Welling 2014, appendix B)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
+
+
+def reconstruction_nll(decoded: torch.Tensor, images: torch.Tensor, likelihood: str, log_scale: float) -> torch.Tensor:
+    """-log p(x|z) per example in nats, for images in [-1, 1].
+
+    Bernoulli: pixel intensities in [0, 1] as soft targets of the decoder's logits (the usual choice for
+    (Fashion-)MNIST). Gaussian: decoder output is the mean, with a fixed standard deviation exp(log_scale).
+    """
+    if likelihood == "bernoulli":
+        targets = (images + 1) / 2
+        nll = F.binary_cross_entropy_with_logits(decoded, targets, reduction="none")
+    else:
+        nll = 0.5 * ((images - decoded) / math.exp(log_scale)).pow(2) + log_scale + 0.5 * math.log(2 * math.pi)
+    return nll.flatten(1).sum(dim=1)
+
+
+class VAEModule(GenerativeModule):
+    family = "vae"
+
+    def __init__(
+        self,
+        net: Callable[..., nn.Module],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        likelihood: str = "bernoulli",
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        gaussian_log_scale: float = -2.0,
+        **base,
+    ):
+        super().__init__(**base)
+        if likelihood not in LIKELIHOODS:
+            raise GenbenchError(f"model.likelihood={likelihood}; expected one of {', '.join(LIKELIHOODS)}")
+        channels, size, _ = self.image_shape
+        self.net = net(image_channels=channels, image_size=size, num_classes=self.num_classes)
+        self.train_net = self.maybe_compile(self.net)
+        self.optimizer_factory = optimizer
+        self.likelihood, self.beta, self.kl_warmup_steps = likelihood, beta, kl_warmup_steps
+        self.log_scale = gaussian_log_scale
+        self.setup_ema()
+
+    def sampling_network(self) -> nn.Module:
+        return self.net
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.net.parameters())
+
+    def current_beta(self) -> float:
+        """beta, ramped linearly from 0 over kl_warmup_steps (Bowman et al. 2016)."""
+        if self.kl_warmup_steps <= 0:
+            return self.beta
+        return self.beta * min(1.0, self.global_step_count() / self.kl_warmup_steps)
+
+    def _labels(self, labels: torch.Tensor) -> torch.Tensor | None:
+        return labels if self.num_classes is not None else None
+
+    def negative_elbo(self, net: nn.Module, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example reconstruction NLL and KL, in nats."""
+        decoded, mu, logvar = net(images, self._labels(labels))
+        return reconstruction_nll(decoded.float(), images, self.likelihood, self.log_scale), kl_to_standard_normal(mu, logvar)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        nll, kl = self.negative_elbo(self.train_net, images, labels)
+        loss = (nll + self.current_beta() * kl).mean()
+        self.log_losses({"loss": loss, "reconstruction": nll.mean(), "kl": kl.mean()})
+        return loss
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        """ELBO and bits/dim on the test split, from the EMA weights (the ones that sample)."""
+        images, labels = batch
+        nll, kl = self.negative_elbo(self.ema.module, images, labels)
+        neg_elbo = nll + kl
+        dims = images[0].numel()
+        self.log("test/elbo", -neg_elbo.mean())
+        # Bits per dimension of the bound: nats / (D ln 2). For the Gaussian likelihood this is a density on [-1, 1].
+        self.log("test/bits_per_dim", (neg_elbo / (dims * math.log(2))).mean())
+
+    @torch.no_grad()
+    def interpolate(self, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8, labels=None) -> torch.Tensor:
+        """Decoded images along the straight line between the posterior means of x_a and x_b: (steps, C, H, W)."""
+        net = self.ema.module
+        pair = torch.stack([x_a, x_b]).to(self.device)
+        pair_labels = None if labels is None else torch.as_tensor(labels, device=self.device).expand(2)
+        mu, _ = net.encode(pair, pair_labels)
+        weights = torch.linspace(0, 1, steps, device=self.device)[:, None]
+        z = (1 - weights) * mu[0] + weights * mu[1]
+        path_labels = None if pair_labels is None else pair_labels[:1].expand(steps)
+        return self._to_images(net.decode(z, path_labels))
+
+    def _to_images(self, decoded: torch.Tensor) -> torch.Tensor:
+        """Decoder output to images in [-1, 1]: the Bernoulli mean, or the Gaussian mean."""
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(decoded) * 2 - 1
+        return decoded.clamp(-1, 1)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, generator: torch.Generator | None = None, **sampler_kwargs) -> torch.Tensor:
+        """Decode z ~ N(0, I); shows the decoder's mean, as is usual. Sampler settings do not apply to a VAE."""
+        net = self.ema.module
+        labels = self.resolve_labels(n, labels, generator)
+        z = self.randn(n, net.latent_dim, generator=generator)
+        return self._to_images(net.decode(z, labels))

@@ -1,0 +1,150 @@
+"""``python -m genbench.train [overrides]``: one run (or a sweep with ``-m``) into a run folder.
+
+Reads top to bottom: budget, data module, model, callbacks, loggers, trainer, fit, record, evaluate.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from genbench.cli import hydra_entry
+from genbench.errors import GenbenchError
+from genbench.models import Diverged, build_model
+from genbench.training.budget import Budget, BudgetCallback
+from genbench.training.callbacks import RunRecordCallback, SampleGridCallback
+from genbench.training.checkpoint_io import AtomicCheckpointIO
+from genbench.training.record import RUN_JSON, git_commit
+
+log = logging.getLogger("genbench.train")
+BUDGET_KEYS = ("max_steps", "max_images", "max_minutes")
+RUN_KEYS = ("checkpoint_every_n_steps", "checkpoint_every_n_minutes")  # ours, not Trainer arguments
+
+
+def resolve_budget(cfg: DictConfig) -> None:
+    """A budget key given on the command line replaces the default budget, so `budget.max_minutes=2` just works."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    chosen = [k for k in BUDGET_KEYS if f"budget.{k}" in given and cfg.budget[k] is not None]
+    if chosen:
+        with open_dict(cfg):
+            for key in BUDGET_KEYS:
+                if key not in chosen:
+                    cfg.budget[key] = None
+
+
+def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.resume == "auto":
+        return last if last.exists() else None
+    if cfg.resume == "must":
+        if not last.exists():
+            raise GenbenchError(f"resume=must but {last} does not exist")
+        return last
+    if cfg.resume == "never":
+        if (run_dir / RUN_JSON).exists():
+            raise GenbenchError(f"resume=never but {run_dir} already holds a run; choose another name/seed or remove it")
+        return None
+    raise GenbenchError(f"resume={cfg.resume}; expected auto, must or never")
+
+
+def check_hardware(cfg: DictConfig) -> None:
+    if cfg.hardware.accelerator == "gpu" and not torch.cuda.is_available():
+        raise GenbenchError(f"hardware={cfg.hardware.name} needs a CUDA GPU and none is visible; use hardware=cpu")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]  # run_dir/metrics.csv, always on
+    loggers += [instantiate(extra) for extra in cfg.logger.extra]
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in RUN_KEYS:
+        trainer_cfg.pop(key)
+    hw = cfg.hardware
+    return instantiate(
+        trainer_cfg, accelerator=hw.accelerator, devices=hw.devices, precision=hw.precision, strategy=hw.strategy,
+        callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
+    )  # fmt: skip
+
+
+def train(cfg: DictConfig) -> dict:
+    run_dir = Path(cfg.paths.output_dir)
+    fresh = not (run_dir / RUN_JSON).exists()
+    try:
+        resolve_budget(cfg)
+        budget = Budget(**cfg.budget)
+        check_hardware(cfg)
+        ckpt_path = resume_path(cfg, run_dir)
+        pl.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        model = build_model(cfg.model, datamodule.image_shape, datamodule.num_classes, datamodule.class_names)
+    except GenbenchError:
+        if fresh:  # nothing of a half-made run stays behind to pass for one
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    model.log_every_n_steps = cfg.trainer.log_every_n_steps
+    model.run_meta = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "data": {"image_shape": list(datamodule.image_shape), "num_classes": model.num_classes,
+                 "class_names": model.class_names, "fingerprint": datamodule.fingerprint},
+    }  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("ema."))
+    log.info("%s: %.2fM parameters, budget %s, run folder %s", model.family, n_params / 1e6, budget, run_dir)
+
+    budget_cb = BudgetCallback(budget)
+    sampler = dict(sampler=cfg.sampler.name, steps=cfg.sampler.steps, eta=cfg.sampler.eta,
+                   guidance_scale=cfg.sampler.guidance_scale)  # fmt: skip
+    record_cb = RunRecordCallback(run_dir, cfg.seed, budget_cb, {"run_dir": str(run_dir), "git_commit": git_commit(),
+                                                                 "budget": OmegaConf.to_container(cfg.budget)})  # fmt: skip
+    callbacks = [
+        budget_cb,
+        record_cb,
+        SampleGridCallback(run_dir, cfg.callbacks.sample_grid.every_n_steps, cfg.callbacks.sample_grid.n, cfg.seed,
+                           budget_cb, sampler),
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=0, save_last=True,
+                        every_n_train_steps=cfg.trainer.checkpoint_every_n_steps),
+        instantiate(cfg.callbacks.progress_bar),
+    ]  # fmt: skip
+    fid_cfg = cfg.callbacks.fid
+    if fid_cfg.every_n_steps or fid_cfg.every_n_minutes:
+        from genbench.metrics.callback import FIDCallback
+
+        callbacks.append(FIDCallback(metrics_cfg=cfg.metrics, sampler_kwargs=sampler, **fid_cfg))
+    trainer = build_trainer(cfg, run_dir, callbacks)
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except Diverged as exc:
+        record_cb.finish(trainer, model, "diverged", str(exc))
+        raise
+    except BaseException as exc:
+        record_cb.finish(trainer, model, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    record = record_cb.finish(trainer, model, "completed", budget_cb.stop_reason or "data exhausted")
+    log.info("%s done: %d steps, %d images, %.1f img/s", model.family, record["steps"], record["images_seen"],
+             record["img_per_s"] or 0)  # fmt: skip
+    if cfg.evaluate:
+        from genbench.metrics import evaluate_model
+
+        record["metrics"] = evaluate_model(model, cfg.metrics, datamodule, sampler, run_dir=run_dir)
+    return record
+
+
+main = hydra_entry(train, config_name="train")
+
+if __name__ == "__main__":
+    main()

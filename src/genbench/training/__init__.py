@@ -1,0 +1,1 @@
+"""Lightning pieces shared by every family: budgets, run records, sample grids, atomic checkpoints."""

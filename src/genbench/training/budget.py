@@ -1,0 +1,93 @@
+"""Fair budgets: a run stops after a number of training batches, images seen, or minutes.
+
+Lightning's ``max_steps`` counts optimizer steps (two or more per batch for a GAN) and ``max_time``
+knows nothing of images, so one callback counts all three the same way for every family and
+carries its counters through checkpoints, so a resumed run continues its budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+
+from genbench.errors import GenbenchError
+
+
+@dataclass
+class Budget:
+    max_steps: int | None = None
+    max_images: int | None = None
+    max_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        set_keys = [k for k, v in self.__dict__.items() if v is not None]
+        if len(set_keys) != 1:
+            raise GenbenchError(
+                f"exactly one of budget.max_steps, budget.max_images, budget.max_minutes must be set; got {set_keys or 'none'}"
+            )
+        value = getattr(self, set_keys[0])
+        if value <= 0:
+            raise GenbenchError(f"budget.{set_keys[0]}={value}; expected a positive number")
+
+    @property
+    def kind(self) -> str:
+        return next(k for k, v in self.__dict__.items() if v is not None)
+
+
+class BudgetCallback(pl.Callback):
+    def __init__(self, budget: Budget):
+        self.budget = budget
+        self.steps = 0
+        self.images = 0
+        self.train_seconds = 0.0
+        self.stop_reason: str | None = None
+        self._session_start: float | None = None
+        self._seconds_before = 0.0
+        self.session_images = 0
+
+    def exhausted(self) -> bool:
+        b = self.budget
+        return (
+            (b.max_steps is not None and self.steps >= b.max_steps)
+            or (b.max_images is not None and self.images >= b.max_images)
+            or (b.max_minutes is not None and self.train_seconds >= 60 * b.max_minutes)
+        )
+
+    def _tick(self) -> None:
+        if self._session_start is not None:
+            self.train_seconds = self._seconds_before + time.perf_counter() - self._session_start
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._seconds_before = self.train_seconds
+        self._session_start = time.perf_counter()
+        if self.exhausted():  # resumed a run that had already spent its budget
+            self.stop_reason = f"budget.{self.budget.kind}"
+            trainer.should_stop = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.exhausted():
+            return -1  # Lightning: skip the rest of this epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps += 1
+        self.images += int(batch[0].shape[0])
+        self.session_images += int(batch[0].shape[0])
+        self._tick()
+        if self.exhausted():
+            self.stop_reason = f"budget.{self.budget.kind}"
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._tick()
+
+    def session_seconds(self) -> float:
+        return self.train_seconds - self._seconds_before
+
+    def state_dict(self) -> dict:
+        self._tick()
+        return {"steps": self.steps, "images": self.images, "train_seconds": self.train_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.images, self.train_seconds = state["steps"], state["images"], state["train_seconds"]

@@ -1,0 +1,76 @@
+"""Callbacks every run gets: the run record and the fixed-noise sample grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
+from genbench.training.budget import BudgetCallback
+from genbench.training.record import RUN_JSON, hardware_info, now, peak_memory_mb, write_json
+
+
+class RunRecordCallback(pl.Callback):
+    """Writes run.json when training starts and again when it ends, whatever the ending."""
+
+    def __init__(self, run_dir: Path, seed: int, budget: BudgetCallback, base: dict):
+        self.path = Path(run_dir) / RUN_JSON
+        self.seed, self.budget, self.record = seed, budget, dict(base)
+
+    def update(self, trainer, pl_module, **fields) -> dict:
+        seconds = self.budget.session_seconds()
+        self.record.update(
+            family=pl_module.family,
+            seed=self.seed,
+            params=sum(p.numel() for n, p in pl_module.named_parameters() if not n.startswith("ema.")),
+            images_seen=self.budget.images,
+            steps=self.budget.steps,
+            train_seconds=round(self.budget.train_seconds, 2),
+            img_per_s=round(self.budget.session_images / seconds, 2) if seconds > 0 else None,
+            peak_mem_mb=round(peak_memory_mb(trainer.strategy.root_device), 1),
+            hardware=hardware_info(trainer),
+            **fields,
+        )
+        if trainer.is_global_zero:
+            write_json(self.path, self.record)
+        return self.record
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.record.setdefault("started", now())
+        self.update(trainer, pl_module, status="running", stop_reason=None, finished=None)
+
+    def finish(self, trainer, pl_module, status: str, stop_reason: str | None) -> dict:
+        return self.update(trainer, pl_module, status=status, stop_reason=stop_reason, finished=now())
+
+
+class SampleGridCallback(pl.Callback):
+    """A grid from the same noise every ``every_n_steps`` batches and at the end: samples/step_NNNNNN.png."""
+
+    def __init__(self, run_dir: Path, every_n_steps: int, n: int, seed: int, budget: BudgetCallback, sampler: dict):
+        self.dir = Path(run_dir) / "samples"
+        self.every, self.n, self.seed, self.budget, self.sampler = every_n_steps, n, seed, budget, sampler
+
+    def save(self, pl_module) -> Path:
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        labels = None
+        if pl_module.num_classes:
+            labels = torch.arange(self.n) % pl_module.num_classes
+        was_training = pl_module.training
+        pl_module.eval()
+        images = pl_module.sample(self.n, labels=labels, generator=generator, **self.sampler)
+        pl_module.train(was_training)
+        nrow = pl_module.num_classes or 8
+        path = self.dir / f"step_{self.budget.steps:06d}.png"
+        chunks = provenance_chunks(pl_module.family, f"unsaved (training step {self.budget.steps})", self.seed)
+        save_png(path, make_grid(to_uint8(images), nrow=nrow), chunks)
+        return path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every and self.budget.steps % self.every == 0 and trainer.is_global_zero:
+            self.save(pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.save(pl_module)

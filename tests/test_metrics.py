@@ -1,0 +1,230 @@
+"""Numerics of the evaluator on real Fashion-MNIST images, checked against torchmetrics and torch-fidelity."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch_fidelity
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from genbench.data.idx import find_root, load_split
+from genbench.errors import GenbenchError
+from genbench.metrics import MetricsConfig, evaluate_images, evaluate_model, images_from_tensor
+from genbench.metrics.extractors import FMNIST, build_extractor
+from genbench.metrics.fidelity import fid, score
+from genbench.metrics.memorization import memorization
+
+N = 400
+ROOT = find_root(None)
+pytestmark = pytest.mark.skipif(ROOT is None, reason="Fashion-MNIST IDX files not installed")
+
+
+def _tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(images)).unsqueeze(1)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, torch.Tensor]:
+    train, _ = load_split(ROOT, "train")
+    test, _ = load_split(ROOT, "test")
+    g = torch.Generator().manual_seed(0)
+    return {
+        "train": _tensor(train[:2000]),
+        "test": _tensor(test[: 2 * N]),
+        "noise": torch.randint(0, 256, (N, 1, 28, 28), generator=g, dtype=torch.uint8),
+        "constant": torch.full((N, 1, 28, 28), 128, dtype=torch.uint8),
+    }
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return build_extractor(FMNIST, channels=1)
+
+
+@pytest.fixture(scope="module")
+def feats(data, extractor) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: extractor.features(images, batch_size=500) for name, images in data.items()}
+
+
+def _score(feats, fake: str, real: str, **kwargs) -> dict:
+    a, b = feats[fake], feats[real]
+    if fake == real == "test":  # two disjoint halves of the test images
+        a = {k: v[:N] for k, v in a.items()}
+        b = {k: v[N:] for k, v in b.items()}
+    return score(a, b, "penultimate", "logits", **kwargs)
+
+
+def test_fid_of_a_set_against_itself_is_zero(feats):
+    assert abs(fid(feats["test"], feats["test"], "penultimate")) < 1e-3
+
+
+def test_fid_orders_real_far_below_noise(feats):
+    real = fid({"f": feats["train"]["penultimate"][:N]}, {"f": feats["test"]["penultimate"][:N]}, "f")
+    noise = fid(feats["noise"], feats["test"], "penultimate")
+    assert real < 0.1 * noise, (real, noise)
+
+
+def test_torch_fidelity_fid_matches_torchmetrics(feats):
+    class Identity(torch.nn.Module):
+        num_features = feats["train"]["penultimate"].shape[1]
+
+        def forward(self, x):
+            return x
+
+    metric = FrechetInceptionDistance(feature=Identity()).double()
+    metric.update(feats["train"]["penultimate"][:N].double(), real=True)
+    metric.update(feats["test"]["penultimate"][:N].double(), real=False)
+    expected = float(metric.compute())
+    ours = fid({"f": feats["test"]["penultimate"][:N]}, {"f": feats["train"]["penultimate"][:N]}, "f")
+    assert ours == pytest.approx(expected, rel=1e-3)
+
+
+def test_registered_extractor_runs_inside_torch_fidelity(data, feats):
+    """torch_fidelity.calculate_metrics with feature_extractor='fmnist_classifier' agrees with our pipeline."""
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, images):
+            self.images = images
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            return self.images[i]
+
+    out = torch_fidelity.calculate_metrics(
+        input1=Images(data["train"][:N]), input2=Images(data["test"][:N]), fid=True, isc=True,
+        feature_extractor=FMNIST, cuda=False, cache=False, verbose=False, save_cpu_ram=True, batch_size=200,
+    )  # fmt: skip
+    ours = fid({"f": feats["train"]["penultimate"][:N]}, {"f": feats["test"]["penultimate"][:N]}, "f")
+    assert out["frechet_inception_distance"] == pytest.approx(ours, rel=1e-3)
+    assert out["inception_score_mean"] > 5
+
+
+def test_inception_score_high_for_real_and_one_for_constant(feats):
+    real = _score(feats, "test", "test")
+    constant = _score(feats, "constant", "test")
+    assert real["is_mean"] > 6, real
+    assert constant["is_mean"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_kid_of_disjoint_real_subsets_is_near_zero(feats):
+    real = _score(feats, "test", "test", kid_subset_size=200)
+    noise = _score(feats, "noise", "test", kid_subset_size=200)
+    assert abs(real["kid_mean"]) < 0.01 * noise["kid_mean"], (real["kid_mean"], noise["kid_mean"])
+
+
+def test_precision_recall_high_for_real_low_for_noise(feats):
+    real = _score(feats, "test", "test")
+    noise = _score(feats, "noise", "test")
+    assert real["precision"] > 0.8 and real["recall"] > 0.8, real
+    assert noise["precision"] < 0.1 and noise["recall"] < 0.1, noise
+
+
+def test_small_counts_adapt_kid_subset_and_is_splits(feats):
+    small = {k: v[:150] for k, v in feats["test"].items()}
+    record = score(small, feats["train"], "penultimate", "logits")
+    assert record["kid_subset_size"] == 150 and record["isc_splits"] == 1
+    with pytest.raises(GenbenchError):
+        score({k: v[:5] for k, v in small.items()}, feats["train"], "penultimate", "logits")
+
+
+def test_memorization_high_for_training_copies_low_for_heldout(feats):
+    train, test = feats["train"]["penultimate"], feats["test"]["penultimate"]
+    copies = memorization(train[:N], train, test[N:])
+    novel = memorization(test[:N], train, test[N:])
+    assert copies["memorization"] > 0.95, copies
+    assert novel["memorization"] < 0.15, novel
+
+
+def test_extractor_adapts_rgb_and_size_identically(data, extractor):
+    grey = data["test"][:50]
+    rgb = grey.expand(-1, 3, -1, -1)
+    a = extractor.features(grey, 50)["penultimate"]
+    b = extractor.features(rgb, 50)["penultimate"]
+    assert torch.allclose(a, b, atol=1e-4)
+    big = torch.nn.functional.interpolate(grey.float(), size=56, mode="nearest").to(torch.uint8)
+    assert extractor.features(big, 50)["penultimate"].shape == a.shape
+    with pytest.raises(GenbenchError):
+        extractor.features(torch.zeros(4, 2, 28, 28, dtype=torch.uint8), 4)
+
+
+def test_evaluate_images_caches_reference_and_rebuilds_corrupt_entry(data, tmp_path, caplog):
+    cfg = {"extractor": FMNIST, "cache_dir": str(tmp_path), "kid_subsets": 10}
+    fake, real = data["test"][:N], data["test"][N:]
+    first = evaluate_images(fake, real, cfg)
+    assert (first["cache_hits"], first["cache_misses"]) == (0, 1)
+    with caplog.at_level(logging.INFO, logger="genbench.metrics.cache"):
+        second = evaluate_images(fake, real, cfg)
+    assert (second["cache_hits"], second["cache_misses"]) == (1, 0)
+    assert "cache hit" in caplog.text
+    assert second["fid"] == pytest.approx(first["fid"], rel=1e-6)
+
+    (entry,) = (tmp_path / "features").glob("*.pt")
+    entry.write_bytes(b"not a torch file")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="genbench.metrics.cache"):
+        third = evaluate_images(fake, real, cfg)
+    assert "corrupt cache entry" in caplog.text
+    assert (third["cache_hits"], third["cache_misses"]) == (0, 1)
+    assert third["fid"] == pytest.approx(first["fid"], rel=1e-6)
+    assert evaluate_images(fake, real, cfg)["cache_hits"] == 1  # rebuilt entry is good again
+
+
+class _StubModel(torch.nn.Module):
+    """Replays real images through the ``sample`` interface (a perfect copier)."""
+
+    family = "stub"
+
+    def __init__(self, images: torch.Tensor):
+        super().__init__()
+        self.images, self.num_classes, self.calls = images, 10, []
+
+    def sample(self, n, labels=None, generator=None, **kwargs):
+        self.calls.append((n, None if labels is None else labels.tolist(), kwargs))
+        start = sum(c[0] for c in self.calls[:-1])
+        return self.images[start : start + n].float() / 127.5 - 1
+
+
+class _StubData:
+    fingerprint, channels, image_size = "stub-fmnist", 1, 28
+
+    def __init__(self, splits):
+        self.splits = splits
+
+    def images(self, split):
+        return self.splits[split]
+
+
+def test_evaluate_model_samples_balanced_labels_and_fills_the_contract(data, tmp_path):
+    model = _StubModel(data["train"][:300])
+    datamodule = _StubData({"train": data["train"], "test": data["test"], "val": data["test"]})
+    cfg = MetricsConfig(extractor=FMNIST, n_samples=300, batch_size=128, kid_subsets=10, cache_dir=str(tmp_path))
+    record = evaluate_model(model, cfg, datamodule, {"name": "ddim", "steps": 7})
+    from genbench.metrics import CONTRACT_FIELDS
+
+    assert list(record)[: len(CONTRACT_FIELDS)] == list(CONTRACT_FIELDS)
+    assert [c[0] for c in model.calls] == [128, 128, 44]
+    assert model.calls[0][1][:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert model.calls[0][2] == {"sampler": "ddim", "steps": 7}
+    assert record["n_fake"] == 300 and record["n_real"] == 2 * N
+    assert record["sampler"] is None  # only diffusion records its sampler
+    assert record["sample_seconds_per_1k"] >= 0
+    assert record["memorization"] > 0.95  # the stub copies training images
+
+
+def test_inception_offline_without_weights_is_a_user_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("GENBENCH_OFFLINE", "1")
+    with pytest.raises(GenbenchError, match="inception_weights"):
+        build_extractor("inception", channels=1)
+    with pytest.raises(GenbenchError, match="not a file"):
+        build_extractor("inception", channels=1, inception_weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(GenbenchError, match="Inception weights"):
+        build_extractor("auto", channels=3)
+    assert build_extractor("auto", channels=1).name == FMNIST
+    with pytest.raises(GenbenchError, match="unknown metrics.extractor"):
+        build_extractor("nope", channels=1)
