@@ -9,6 +9,7 @@ every other exception to Hydra. ``HYDRA_FULL_ERROR=1`` still shows the full trac
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Callable
 
 import hydra
 from hydra._internal import utils as hydra_utils
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -39,6 +42,7 @@ def _user_error_message(exc: BaseException) -> str | None:
             text = str(seen)
             if isinstance(seen, ConfigCompositionException) and isinstance(seen.__cause__, OmegaConfBaseException):
                 text = f"{text} {seen.__cause__}"
+            text = text.split("Config search path")[0]  # Hydra's search-path dump helps nobody here
             return " ".join(text.replace("\t", " ").split())
         seen = seen.__cause__ or seen.__context__
     return None
@@ -60,8 +64,30 @@ def _make_reporter(original: Callable) -> Callable:
     return run_and_report
 
 
+def _single_run_exits(task: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
+    """In a single run, leave straight from the task on a user error, before Hydra adds its own stderr line.
+
+    In a sweep the error goes back to Hydra, so that the other jobs still run.
+    """
+
+    @functools.wraps(task)
+    def wrapped(cfg: DictConfig):
+        try:
+            return task(cfg)
+        except Exception as exc:  # noqa: BLE001 - filtered below
+            message = _user_error_message(exc)
+            multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+            if message is None or multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"genbench: error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapped
+
+
 def hydra_entry(task: Callable[[DictConfig], object], config_name: str) -> Callable[[], None]:
     """A console-script ``main`` running ``task`` under Hydra with the contract's error handling."""
+    task = _single_run_exits(task)
 
     def main() -> None:
         if not getattr(hydra_utils.run_and_report, "_genbench", False):

@@ -83,7 +83,7 @@ def train(cfg: DictConfig) -> dict:
         budget = Budget(**cfg.budget)
         check_hardware(cfg)
         ckpt_path = resume_path(cfg, run_dir)
-        pl.seed_everything(cfg.seed, workers=True)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         datamodule.setup("fit")

@@ -95,9 +95,10 @@ class ImageDataModule(pl.LightningDataModule):
         prepared, key = load_splits(self.spec, self.cache_dir)
         arrays = {}
         for split, ds in prepared.items():
-            table = ds.with_format("numpy", dtype=np.uint8)[:]
-            images = torch.from_numpy(table["image"])
-            labels = torch.from_numpy(ds.with_format("numpy")[:]["label"]).long() if "label" in ds.column_names else None
+            images = torch.from_numpy(ds.select_columns(["image"]).with_format("numpy", dtype=np.uint8)[:]["image"])
+            labels = None
+            if "label" in ds.column_names:
+                labels = torch.from_numpy(ds.select_columns(["label"]).with_format("numpy")[:]["label"]).long()
             arrays[split] = (images, labels)
             self.source_sizes[split] = len(ds)
         if "label" in prepared["train"].column_names:

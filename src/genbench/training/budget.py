@@ -28,7 +28,7 @@ class Budget:
                 f"exactly one of budget.max_steps, budget.max_images, budget.max_minutes must be set; got {set_keys or 'none'}"
             )
         value = getattr(self, set_keys[0])
-        if value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise GenbenchError(f"budget.{set_keys[0]}={value}; expected a positive number")
 
     @property

@@ -1,0 +1,48 @@
+# genbench: `make run` (the default comparison) and `make test` bootstrap everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.genbench-installed
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+PYTEST_ARGS ?=
+# GPU when one is visible, else CPU; override with `make run HARDWARE=gpu_bf16`.
+HARDWARE ?= $(shell $(PY) -c "import torch; print('gpu' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data run test test-fast figures clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+data: ## install Debian's dataset-fashion-mnist when apt is usable as root (skipped quietly otherwise)
+	@if [ ! -f $(FMNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
+		echo "could not install dataset-fashion-mnist; genbench will look for data.root or the HF hub"; \
+	fi
+
+setup: $(STAMP) data ## create .venv and install genbench with its dev extra, plus the data
+
+run: setup ## train gan, vae and diffusion under one budget, evaluate, write results/fashion_mnist_default/
+	$(PY) -m genbench.train -m experiment=fashion_mnist_default model=gan,vae,diffusion hardware=$(HARDWARE)
+	$(PY) -m genbench.report sweep=runs/fashion_mnist_default out=results/fashion_mnist_default
+
+test: setup ## the whole test suite (what CI runs)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## the suite without tests marked slow
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+figures: setup ## redraw every figure of results/ from the runs under runs/
+	$(PY) -m genbench.report sweep=runs/fashion_mnist_default out=results/fashion_mnist_default
+
+clean: ## remove runs, caches and the venv (results/ stays)
+	rm -rf runs outputs multirun .pytest_cache $(VENV)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

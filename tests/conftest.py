@@ -1,0 +1,135 @@
+"""Shared fixtures: an offline session, one prepared Fashion-MNIST cache, composed train configs, tiny models.
+
+Every training run in the suite is tiny (a few dozen images, a handful of steps, nets of width 8) so the
+whole suite stays within minutes on two CPU cores. Subprocess helpers run the real entry points with
+``sys.executable`` from the repository root, so Hydra's command line is exercised as a user meets it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Before anything imports `datasets` or `wandb`, which read these once at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+FAMILIES = ("gan", "vae", "diffusion")
+
+# Width-8 networks and short samplers: enough to exercise every code path, cheap enough for CPU CI.
+TINY_MODEL = {
+    "gan": ["model.generator.base_channels=8", "model.generator.latent_dim=16", "model.discriminator.base_channels=8"],
+    "vae": ["model.net.base_channels=8", "model.net.latent_dim=8"],
+    "diffusion": ["model.net.base_channels=8", "model.net.num_heads=2", "model.net.attention_resolutions=[7]"],
+}
+TINY_RUN = [
+    "data.subset=64",
+    "data.batch_size=16",
+    "trainer.log_every_n_steps=1",  # the NaN check runs every step
+    "callbacks.sample_grid.n=8",
+    "sampler.steps=4",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
+
+def fmnist_available() -> bool:
+    from genbench.data.idx import find_root
+
+    return find_root(None) is not None
+
+
+requires_fmnist = pytest.mark.skipif(
+    not fmnist_available(), reason="Fashion-MNIST IDX files not installed (Debian's dataset-fashion-mnist)"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def genbench_cache(tmp_path_factory) -> Path:
+    """One cache dir per session (or the caller's GENBENCH_CACHE), shared by in-process runs and subprocesses."""
+    given = os.environ.get("GENBENCH_CACHE")
+    cache = Path(given) if given else tmp_path_factory.mktemp("genbench_cache")
+    os.environ["GENBENCH_CACHE"] = str(cache)
+    yield cache
+    if given is None:
+        os.environ.pop("GENBENCH_CACHE", None)
+
+
+@pytest.fixture(scope="session")
+def fmnist(genbench_cache) -> Path:
+    """Builds the prepared Arrow splits once (about 25 s), so every run after reads them straight back."""
+    if not fmnist_available():
+        pytest.skip("Fashion-MNIST IDX files not installed (Debian's dataset-fashion-mnist)")
+    from genbench.data.sources import SourceSpec, load_splits
+
+    load_splits(SourceSpec(source="fashion_mnist"), genbench_cache / "data")
+    return genbench_cache / "data"
+
+
+def tiny_overrides(family: str) -> list[str]:
+    return [f"model={family}", *TINY_MODEL[family], *TINY_RUN]
+
+
+def compose_train(run_dir: Path, *overrides: str):
+    """The train config as `python -m genbench.train` would build it, with the run folder at ``run_dir``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    extra = [] if (CONF_DIR / "metrics" / "default.yaml").exists() else ["~metrics"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None, job_name="test"):
+        cfg = compose("train", overrides=[*extra, f"paths.output_dir={run_dir}", f"paths.runs_dir={run_dir.parent}",
+                                          *overrides])  # fmt: skip
+    return cfg
+
+
+def train_run(run_dir: Path, family: str, *overrides: str) -> dict:
+    """Train a tiny ``family`` model in-process into ``run_dir`` and return its run record."""
+    from genbench.train import train
+
+    return train(compose_train(run_dir, *tiny_overrides(family), *overrides))
+
+
+def run_cli(module: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m genbench.<module> args…`` from the repository root, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", f"genbench.{module}", *args], **_cli_kwargs(env), timeout=timeout, capture_output=True,
+        text=True,
+    )  # fmt: skip
+
+
+def start_cli(module: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """The same, started in the background: entry points take ~10 s just to import Lightning, so tests that
+    only read a command's outcome start them together and collect them with :func:`finish_cli`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", f"genbench.{module}", *args], **_cli_kwargs(env), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish_cli(process: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _cli_kwargs(env: dict | None) -> dict:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return {"cwd": REPO, "env": full_env}
+
+
+def assert_contract_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit 2 and exactly one stderr line, ``genbench: error: …``, naming each of ``words``; returns that line."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr[-3000:]}"
+    assert len(lines) == 1 and lines[0].startswith("genbench: error:"), result.stderr[-3000:]
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    return lines[0]
