@@ -7,6 +7,7 @@ whole suite stays within minutes on two CPU cores. Subprocess helpers run the re
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,10 +20,17 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
+# Width-8 nets gain nothing from intra-op threads, and on a shared 2-core machine two threads per process run
+# several times slower than one; subprocesses inherit this too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 FAMILIES = ("gan", "vae", "diffusion")
+# run.json, as the contract names it
+RUN_FIELDS = {"family", "status", "stop_reason", "seed", "params", "images_seen", "steps", "train_seconds", "img_per_s",
+              "peak_mem_mb", "hardware", "git_commit", "started", "finished"}  # fmt: skip
+HARDWARE_FIELDS = {"accelerator", "device_name", "precision", "devices"}
 
 # Width-8 networks and short samplers: enough to exercise every code path, cheap enough for CPU CI.
 TINY_MODEL = {
@@ -37,6 +45,7 @@ TINY_RUN = [
     "callbacks.sample_grid.n=8",
     "sampler.steps=4",
     "callbacks.progress_bar.refresh_rate=0",
+    "++trainer.limit_test_batches=2",  # the VAE's test-split ELBO after training: two batches are enough here
 ]
 
 
@@ -49,6 +58,16 @@ def fmnist_available() -> bool:
 requires_fmnist = pytest.mark.skipif(
     not fmnist_available(), reason="Fashion-MNIST IDX files not installed (Debian's dataset-fashion-mnist)"
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -117,6 +136,69 @@ def start_cli(module: str, *args: str, env: dict | None = None) -> subprocess.Po
 def finish_cli(process: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
     stdout, stderr = process.communicate(timeout=timeout)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+# Runs each job as `python -m genbench.<module> args…` would, in a child forked after the shared heavy imports:
+# runpy executes the entry module afresh as __main__ with the job's argv. Whatever the warm-up import wrote to
+# stdout/stderr is prepended to every job's output, so each job's output is what a lone process would print.
+_BATCH_DRIVER = r"""
+import json, os, runpy, sys, traceback
+jobs = json.loads(sys.argv[1])
+saved_out, saved_err = os.dup(1), os.dup(2)
+os.dup2(os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+os.dup2(os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+import pytorch_lightning, hydra, genbench.cli, genbench.models, genbench.data, genbench.imageio  # noqa: E401
+import genbench.training.budget, genbench.training.callbacks, genbench.training.record  # noqa: E401
+sys.stdout.flush(); sys.stderr.flush()
+os.dup2(saved_out, 1); os.dup2(saved_err, 2)
+codes = []
+for job in jobs:
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(job["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+        os.dup2(os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+        sys.argv = ["-m", *job["args"]]
+        code = 0
+        try:
+            runpy.run_module(job["module"], run_name="__main__", alter_sys=True)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if not isinstance(exc.code, (int, type(None))):
+                print(exc.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(code)
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(codes))
+"""
+
+
+def run_cli_batch(jobs: dict[str, tuple[str, list[str]]], workdir: Path, timeout: float = 600):
+    """Several ``python -m genbench.<module> args…`` commands for the price of one Lightning import (~10 s).
+
+    ``jobs`` maps a name to (module, args); returns name -> CompletedProcess with that command's exit code,
+    stdout and stderr.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = [
+        {"module": f"genbench.{module}", "args": list(args), "stdout": str(workdir / f"{name}.out"),
+         "stderr": str(workdir / f"{name}.err")}
+        for name, (module, args) in jobs.items()
+    ]  # fmt: skip
+    warm_out, warm_err = workdir / "warmup.out", workdir / "warmup.err"
+    driver = subprocess.run([sys.executable, "-c", _BATCH_DRIVER, json.dumps(spec), str(warm_out), str(warm_err)],
+                            **_cli_kwargs(None), capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    codes = json.loads(driver.stdout.strip().splitlines()[-1])
+    return {
+        name: subprocess.CompletedProcess(
+            [sys.executable, "-m", job["module"], *job["args"]], code,
+            warm_out.read_text() + Path(job["stdout"]).read_text(), warm_err.read_text() + Path(job["stderr"]).read_text(),
+        )
+        for (name, job), code in zip(zip(jobs, spec), codes)
+    }  # fmt: skip
 
 
 def _cli_kwargs(env: dict | None) -> dict:

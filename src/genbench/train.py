@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from genbench.cli import hydra_entry
 from genbench.errors import GenbenchError
@@ -23,7 +23,9 @@ from genbench.models import Diverged, build_model
 from genbench.training.budget import Budget, BudgetCallback
 from genbench.training.callbacks import RunRecordCallback, SampleGridCallback
 from genbench.training.checkpoint_io import AtomicCheckpointIO
+from genbench.training.csv_logger import RunCSVLogger
 from genbench.training.record import RUN_JSON, git_commit
+from genbench.training.wandb_media import WandbMediaCallback
 
 log = logging.getLogger("genbench.train")
 BUDGET_KEYS = ("max_steps", "max_images", "max_minutes")
@@ -63,7 +65,7 @@ def check_hardware(cfg: DictConfig) -> None:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]  # run_dir/metrics.csv, always on
+    loggers = [RunCSVLogger(str(run_dir))]  # run_dir/metrics.csv, always on
     loggers += [instantiate(extra) for extra in cfg.logger.extra]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     for key in RUN_KEYS:
@@ -123,6 +125,8 @@ def train(cfg: DictConfig) -> dict:
 
         callbacks.append(FIDCallback(metrics_cfg=cfg.metrics, sampler_kwargs=sampler, **fid_cfg))
     trainer = build_trainer(cfg, run_dir, callbacks)
+    # logger=wandb only: config, sample grids and the final records on the W&B run (None without a WandbLogger)
+    wandb_media = WandbMediaCallback.attach(trainer, run_dir, model.run_meta["config"])
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     try:
@@ -134,13 +138,19 @@ def train(cfg: DictConfig) -> dict:
         record_cb.finish(trainer, model, "failed", f"{type(exc).__name__}: {exc}")
         raise
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    record = record_cb.finish(trainer, model, "completed", budget_cb.stop_reason or "data exhausted")
+    test_metrics = {}
+    if is_overridden("test_step", model):  # e.g. the VAE's ELBO and bits/dim on the test split
+        results = trainer.test(model, datamodule=datamodule, verbose=False)
+        test_metrics = {k: round(float(v), 5) for k, v in (results[0] if results else {}).items()}
+    record = record_cb.finish(trainer, model, "completed", budget_cb.stop_reason or "data exhausted", test=test_metrics)
     log.info("%s done: %d steps, %d images, %.1f img/s", model.family, record["steps"], record["images_seen"],
              record["img_per_s"] or 0)  # fmt: skip
     if cfg.evaluate:
         from genbench.metrics import evaluate_model
 
         record["metrics"] = evaluate_model(model, cfg.metrics, datamodule, sampler, run_dir=run_dir)
+    if wandb_media is not None:
+        wandb_media.finish(record)
     return record
 
 

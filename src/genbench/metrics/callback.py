@@ -5,12 +5,17 @@ callback samples ``n_samples`` images from ``pl_module.sample`` (the same noise 
 conditional models), scores them against the cached reference features of ``trainer.datamodule`` with the one
 evaluator's extractor, and logs ``fid``, ``wall_clock_s`` (training seconds, FID time excluded), ``images_seen``
 and ``fid_seconds`` to every logger (metrics.csv with the CSV logger).
+
+When the trainer has a budget callback (one with ``paused()`` and ``train_seconds``, as genbench's
+``BudgetCallback``), FID time is paused out of the training budget and ``wall_clock_s`` is its ``train_seconds``,
+so the curve's time axis matches run.json across resumes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 
 import pytorch_lightning as pl
 import torch
@@ -57,12 +62,17 @@ class FIDCallback(pl.Callback):
         self._last_eval_time = 0.0
         self._last_step = -1
 
-    def _wall_clock(self) -> float:
+    def _wall_clock(self, trainer) -> float:
+        """Training seconds so far, FID time excluded: the budget's clock when there is one, else our own."""
+        budget = self._budget(trainer)
+        if budget is not None:
+            return budget.train_seconds
         return time.perf_counter() - self._started - self._fid_seconds
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._started = time.perf_counter()
-        self._fid_seconds = self._last_eval_time = 0.0
+        self._fid_seconds = 0.0
+        self._last_eval_time = self._wall_clock(trainer)  # a resumed run waits a full period too
 
     def _prepare(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
@@ -75,27 +85,34 @@ class FIDCallback(pl.Callback):
         cache = FeatureCache(self.config.cache_dir)
         self.reference = _features(self.extractor, reference, cache, self.config, None, "reference")
 
-    def _due(self, step: int) -> bool:
+    def _due(self, trainer) -> bool:
+        step = trainer.global_step
         if step == self._last_step:
             return False
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
             return True
-        return bool(self.every_n_minutes) and self._wall_clock() - self._last_eval_time >= 60 * self.every_n_minutes
+        return bool(self.every_n_minutes) and self._wall_clock(trainer) - self._last_eval_time >= 60 * self.every_n_minutes
+
+    @staticmethod
+    def _budget(trainer):
+        return next((cb for cb in trainer.callbacks if hasattr(cb, "paused") and hasattr(cb, "train_seconds")), None)
 
     @torch.no_grad()
     def measure(self, trainer, pl_module) -> dict:
         started = time.perf_counter()
-        if self.extractor is None:
-            self._prepare(trainer, pl_module)
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            fake, _ = sample_images(pl_module, self.n_samples, self.config.batch_size, self.seed, self.sampler, pl_module.device)
-        finally:
-            pl_module.train(was_training)
-        features = self.extractor.features(fake, self.config.batch_size)
-        value = fid(features, self.reference, self.extractor.feature_layer)
-        wall_clock = self._wall_clock()
+        budget = self._budget(trainer)
+        wall_clock = self._wall_clock(trainer)
+        with budget.paused() if budget is not None else nullcontext():
+            if self.extractor is None:
+                self._prepare(trainer, pl_module)
+            was_training = pl_module.training
+            pl_module.eval()
+            try:
+                fake, _ = sample_images(pl_module, self.n_samples, self.config.batch_size, self.seed, self.sampler, pl_module.device)
+            finally:
+                pl_module.train(was_training)
+            features = self.extractor.features(fake, self.config.batch_size)
+            value = fid(features, self.reference, self.extractor.feature_layer)
         self._fid_seconds += time.perf_counter() - started
         self._last_eval_time = wall_clock
         self._last_step = trainer.global_step
@@ -111,8 +128,10 @@ class FIDCallback(pl.Callback):
         log.info("step %d: fid %.3f (%s, %d samples)", trainer.global_step, value, self.extractor.name, self.n_samples)
         return metrics
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.is_global_zero and self._due(trainer.global_step):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Measured before the next batch rather than after the last: Lightning runs callbacks' on_train_batch_end
+        # before the module's, so images_seen would lag one batch there.
+        if trainer.is_global_zero and self._due(trainer):
             self.measure(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:

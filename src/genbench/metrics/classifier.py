@@ -2,7 +2,11 @@
 
 A small VGG-style CNN: two conv stages (3x3 conv + batchnorm + ReLU, twice, then 2x2 max-pool), a 128-unit
 fully connected layer whose activations are the *penultimate features* (for FID, KID, precision/recall and
-memorization) and a 10-way linear head whose softmax is the class posterior (for the Inception Score).
+memorization) and an 11-way linear head whose softmax is the class posterior (for the Inception Score).
+
+The 11th class, "not a garment", is trained on synthetic junk (noise, blobs, flat images: outlier exposure,
+Hendrycks et al. 2019). A plain 10-way classifier maps noise onto the textured shirts and bags, so noise then
+falls inside real images' k-NN balls and precision calls it realistic; with the extra class it lands apart.
 
 Inputs may be uint8 images of any size with 1 or 3 channels: :func:`to_grey28` maps both to the grey 28x28
 float images the network was trained on, identically for generated and real images.
@@ -25,7 +29,8 @@ WEIGHTS_PATH = ASSETS / "fmnist_classifier.pt"
 RECORD_PATH = ASSETS / "fmnist_classifier.json"
 IMAGE_SIZE = 28
 FEATURE_DIM = 128
-NUM_CLASSES = 10
+NUM_CLASSES = 11  # the ten Fashion-MNIST classes, then JUNK_CLASS
+JUNK_CLASS = 10
 # Fashion-MNIST train split's pixel mean and standard deviation in [0, 1].
 PIXEL_MEAN = 0.2860
 PIXEL_STD = 0.3530

@@ -135,8 +135,16 @@ def progress_bar() -> Progress:
 
 
 def _features(
-    extractor: Extractor, images: ImageSet, cache: FeatureCache, config: MetricsConfig, progress: Progress, what: str
+    extractor: Extractor,
+    images: ImageSet,
+    cache: FeatureCache,
+    config: MetricsConfig,
+    progress: Progress | None,
+    what: str,
+    memo: dict | None = None,
 ) -> dict[str, torch.Tensor]:
+    """Features of a real image set, from ``memo`` (this evaluation), the disk cache, or the extractor."""
+
     def compute() -> dict[str, torch.Tensor]:
         loaded = images.load()
         log.info("extracting %s features of %d %s images", extractor.name, len(loaded), what)
@@ -145,7 +153,13 @@ def _features(
     if images.cache_fields is None:
         return compute()
     key = {**images.cache_fields, "extractor": extractor.name, "weights_sha256": extractor.weights_sha256, "layers": extractor.layers}
-    return cache.get_or_compute(key, compute, f"{what} features")
+    memo_key = repr(sorted(key.items()))
+    if memo is not None and memo_key in memo:
+        return memo[memo_key]
+    features = cache.get_or_compute(key, compute, f"{what} features")
+    if memo is not None:
+        memo[memo_key] = features
+    return features
 
 
 def evaluate_images(
@@ -172,11 +186,11 @@ def evaluate_images(
         config.extractor, reference.channels, config.torch_device(), config.inception_weights, config.extractor_weights
     )
     log.info("extractor %s (weights sha256 %s...) on %s", extractor.name, extractor.weights_sha256[:12], extractor.device)
-    cache = FeatureCache(config.cache_dir)
+    cache, memo = FeatureCache(config.cache_dir), {}
     started = time.perf_counter()
     with nullcontext(progress) if progress is not None else progress_bar() as bar:
         fake_features = extractor.features(fake, config.batch_size, bar, "generated features")
-        real_features = _features(extractor, reference, cache, config, bar, "reference")
+        real_features = _features(extractor, reference, cache, config, bar, "reference", memo)
         record = {
             "extractor": extractor.name,
             "extractor_sha256": extractor.weights_sha256,
@@ -192,8 +206,8 @@ def evaluate_images(
         )
         record["memorization"] = None
         if config.memorization and train is not None and heldout is not None:
-            train_features = _features(extractor, train, cache, config, bar, "train")[extractor.feature_layer]
-            heldout_features = _features(extractor, heldout, cache, config, bar, "held-out")[extractor.feature_layer]
+            train_features = _features(extractor, train, cache, config, bar, "train", memo)[extractor.feature_layer]
+            heldout_features = _features(extractor, heldout, cache, config, bar, "held-out", memo)[extractor.feature_layer]
             record.update(memorization(fake_features[extractor.feature_layer], train_features, heldout_features, config.memorization_percentile))
     record.update(
         sampler=None, sampler_steps=None, sample_seconds_per_1k=None, score_seconds=round(time.perf_counter() - started, 2),

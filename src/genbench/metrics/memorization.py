@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-CHUNK = 1024  # query rows per distance block: 1024 x 60000 floats = 245 MB
+CHUNK = 512  # query rows per distance block: 512 x 60000 floats = 123 MB
 
 
 def nearest_distances(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:

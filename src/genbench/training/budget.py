@@ -8,6 +8,7 @@ carries its counters through checkpoints, so a resumed run continues its budget.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -45,6 +46,7 @@ class BudgetCallback(pl.Callback):
         self.stop_reason: str | None = None
         self._session_start: float | None = None
         self._seconds_before = 0.0
+        self._excluded = 0.0
         self.session_images = 0
 
     def exhausted(self) -> bool:
@@ -57,11 +59,26 @@ class BudgetCallback(pl.Callback):
 
     def _tick(self) -> None:
         if self._session_start is not None:
-            self.train_seconds = self._seconds_before + time.perf_counter() - self._session_start
+            elapsed = time.perf_counter() - self._session_start - self._excluded
+            self.train_seconds = self._seconds_before + elapsed
+
+    @contextmanager
+    def paused(self):
+        """Monitoring (sample grids, in-training FID) does not spend the training budget.
+
+        Sampling costs differ wildly between families (one generator pass against tens of UNet passes),
+        so counting it would charge diffusion for being watched.
+        """
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._excluded += time.perf_counter() - start
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._seconds_before = self.train_seconds
         self._session_start = time.perf_counter()
+        self._excluded = 0.0
         if self.exhausted():  # resumed a run that had already spent its budget
             self.stop_reason = f"budget.{self.budget.kind}"
             trainer.should_stop = True

@@ -41,8 +41,8 @@ class RunRecordCallback(pl.Callback):
         self.record.setdefault("started", now())
         self.update(trainer, pl_module, status="running", stop_reason=None, finished=None)
 
-    def finish(self, trainer, pl_module, status: str, stop_reason: str | None) -> dict:
-        return self.update(trainer, pl_module, status=status, stop_reason=stop_reason, finished=now())
+    def finish(self, trainer, pl_module, status: str, stop_reason: str | None, **fields) -> dict:
+        return self.update(trainer, pl_module, status=status, stop_reason=stop_reason, finished=now(), **fields)
 
 
 class SampleGridCallback(pl.Callback):
@@ -69,8 +69,10 @@ class SampleGridCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every and self.budget.steps % self.every == 0 and trainer.is_global_zero:
-            self.save(pl_module)
+            with self.budget.paused():
+                self.save(pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            self.save(pl_module)
+            with self.budget.paused():
+                self.save(pl_module)

@@ -1,0 +1,134 @@
+"""``python -m genbench.report sweep=DIR out=DIR``: paper-style tables and figures from every run under a sweep.
+
+Reads top to bottom: collect the runs, build the tables, write them (Markdown, LaTeX, CSV), draw the figures,
+stamp the output with hardware and commits, log the comparison to W&B when asked, print the Markdown.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from genbench.cli import hydra_entry
+from genbench.report import figures as fig
+from genbench.report.collect import Run, find_runs, missing_jobs
+from genbench.report.tables import Summary, build_summary, excluded_lines, run_rows, table_rows, to_csv, to_latex, to_markdown
+from genbench.training.record import git_commit
+
+log = logging.getLogger("genbench.report")
+FIGURE_STEMS = ("samples", "ddim_steps", "ddim_fid", "vae_interpolation", "fid_vs_compute", "throughput")
+
+
+def write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def draw_figures(runs: list[Run], cfg: DictConfig, out: Path, notes: list[str]) -> list[Path]:
+    """Every figure that is switched on and can be drawn; one that cannot becomes a note, never a failure of the report."""
+    r = cfg.report
+    fig_dir = out / "figures"
+    device = fig.pick_device(r.device)
+    chosen = fig.first_seed_runs(runs)
+    def ddim() -> list[Path]:
+        if "diffusion" not in chosen:
+            raise fig.Skipped("no completed diffusion run")
+        fid_steps = None if r.ddim_fid_steps is None else list(r.ddim_fid_steps)
+        return fig.ddim_figure(chosen["diffusion"], fig_dir, list(r.ddim_steps), list(r.ddim_seeds), fid_steps, r.ddim_fid_n,
+                               _resolved(cfg.get("metrics")), device, notes)  # fmt: skip
+
+    def interpolation() -> list[Path]:
+        if "vae" not in chosen:
+            raise fig.Skipped("no completed vae run")
+        return fig.interpolation_figure(chosen["vae"], fig_dir, r.interp_pairs, r.interp_steps, r.seed, device)
+
+    jobs = {
+        "samples": lambda: fig.sample_grids(runs, out, fig_dir, r.grid_rows, r.seed, device),
+        "ddim": ddim,
+        "interpolation": interpolation,
+        "compute_curves": lambda: fig.compute_curves_figure(runs, fig_dir),
+        "throughput": lambda: fig.throughput_figure(runs, fig_dir),
+    }
+    written = []
+    for name, draw in jobs.items():
+        if not r.figures or not r[name]:
+            continue
+        try:
+            paths = draw()
+        except fig.Skipped as exc:
+            notes.append(f"{name} figure skipped: {exc}.")
+            continue
+        written += paths
+        log.info("%s: %s", name, ", ".join(str(p.relative_to(out)) for p in paths))
+    # A figure from an earlier report on other runs must not pass for one of these.
+    candidates = [out / "samples.png", out / "samples.pdf"] + (list(fig_dir.iterdir()) if fig_dir.is_dir() else [])
+    for path in candidates:
+        if path not in written and path.is_file() and path.name.startswith(FIGURE_STEMS):
+            path.unlink()
+    return written
+
+
+def _resolved(node):
+    return None if node is None else OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+
+
+def stamp(cfg: DictConfig, runs: list[Run], summary: Summary, written: list[Path], notes: list[str]) -> dict:
+    """report.json: where the numbers came from (sweep, commits, hardware) next to the numbers themselves."""
+    return {
+        "sweep": str(Path(cfg.sweep).resolve()),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "report_git_commit": git_commit(),
+        "run_git_commits": sorted({str(r.record.get("git_commit")) for r in runs}),
+        "hardware": sorted({json.dumps(r.record.get("hardware") or {}, sort_keys=True) for r in runs}),
+        "runs": len(runs),
+        "groups": table_rows(summary),
+        "not_in_tables": excluded_lines(summary),
+        "notes": notes,
+        "files": sorted(str(p.relative_to(Path(cfg.out))) for p in written),
+    }
+
+
+def report(cfg: DictConfig) -> dict:
+    sweep, out = Path(cfg.sweep).expanduser(), Path(cfg.out).expanduser()
+    runs = find_runs(sweep)
+    missing = missing_jobs(sweep, runs)
+    log.info("%d runs under %s (%s)%s", len(runs), sweep, ", ".join(f"{r.family}/{r.seed}:{r.status}" for r in runs),
+             f"; {len(missing)} sweep job(s) left no run.json" if missing else "")  # fmt: skip
+    summary = build_summary(runs, missing)
+    notes = list(summary.notes)
+
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(summary)
+    written = [
+        write_text(out / "table.md", markdown),
+        write_text(out / "table.tex", to_latex(summary)),
+        write_text(out / "table.csv", to_csv(table_rows(summary))),
+        write_text(out / "runs.csv", to_csv(run_rows(runs))),
+    ]
+    written += draw_figures(runs, cfg, out, notes)
+    for note in notes[len(summary.notes) :]:
+        log.info("note: %s", note)
+    record = stamp(cfg, runs, summary, written, notes)
+    if cfg.report.wandb:
+        from genbench.report.wandb_log import log_report
+
+        groups = sorted({str((r.config or {}).get("name") or "") for r in runs} - {""})
+        group = groups[0] if len(groups) == 1 else sweep.resolve().name
+        images = [p for p in written if p.suffix == ".png"]
+        folder = log_report(summary, out, images, group, cfg.report.wandb_project)
+        record["wandb_run"] = None if folder is None else str(folder)
+    write_text(out / "report.json", json.dumps(record, indent=2, default=str) + "\n")
+    print(markdown, end="")
+    return record
+
+
+main = hydra_entry(report, config_name="report")
+
+__all__ = ["main", "report"]

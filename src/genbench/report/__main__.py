@@ -1,0 +1,3 @@
+from genbench.report import main
+
+main()

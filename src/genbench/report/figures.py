@@ -1,0 +1,326 @@
+"""The report's figures, PNG and PDF, each drawn from the runs' own records and checkpoints.
+
+Generated images come from ``load_checkpoint(...).sample`` only (the one interface every family implements), from
+a fixed seed, with each run's own sampler config. Every PNG carries the provenance text chunks of
+:func:`genbench.imageio.provenance_chunks`; the PDFs carry the same facts in their Subject and Keywords.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from genbench.errors import GenbenchError  # noqa: E402
+from genbench.imageio import make_grid, provenance_chunks, to_uint8  # noqa: E402
+from genbench.report.collect import Run  # noqa: E402
+
+log = logging.getLogger(__name__)
+COLORS = {"gan": "tab:red", "vae": "tab:blue", "diffusion": "tab:green"}
+
+
+class Skipped(Exception):
+    """A figure that cannot be drawn from these runs; the message says why (it becomes a note)."""
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def save_figure(fig, stem: Path, provenance: dict[str, str]) -> list[Path]:
+    """``stem.png`` with ``provenance`` as PNG text chunks and ``stem.pdf``; each written under a temporary name first."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    pdf_info = {"Title": stem.name, "Creator": "genbench", "Subject": "AI-generated: " + provenance.get("AI-generated", ""),
+                "Keywords": "; ".join(f"{k}={v}" for k, v in provenance.items())}  # fmt: skip
+    written = []
+    for suffix, metadata in ((".png", provenance), (".pdf", pdf_info)):
+        final = stem.with_suffix(suffix)
+        tmp = final.with_name(f".{final.stem}.tmp{suffix}")
+        fig.savefig(tmp, dpi=150, bbox_inches="tight", metadata=metadata)
+        os.replace(tmp, final)
+        written.append(final)
+    plt.close(fig)
+    return written
+
+
+def image_provenance(runs_and_models: list[tuple[Run, object]], seed: int, **extra) -> dict[str, str]:
+    families = ",".join(model.family for _, model in runs_and_models)
+    shas = ",".join(str(model.checkpoint_sha256) for _, model in runs_and_models)
+    return provenance_chunks(families, shas, seed, **extra)
+
+
+def plot_provenance(runs: list[Run], what: str) -> dict[str, str]:
+    """Plots hold no generated pixels, but every genbench PNG says where it came from."""
+    families = ",".join(sorted({r.family for r in runs}))
+    return provenance_chunks(families, "n/a (plot of run records)", None, content=what)
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def first_seed_runs(runs: list[Run]) -> dict[str, Run]:
+    """Per family, the completed run with a checkpoint that comes first (by setting, then seed)."""
+    chosen: dict[str, Run] = {}
+    for run in runs:  # already sorted by family, setting, seed
+        if run.status == "completed" and run.checkpoint and run.family not in chosen:
+            chosen[run.family] = run
+    return chosen
+
+
+def sampler_kwargs(run_cfg: DictConfig) -> dict:
+    s = run_cfg.get("sampler") or {}
+    return {"sampler": s.get("name", "ddim"), "steps": s.get("steps", 50), "eta": s.get("eta"),
+            "guidance_scale": s.get("guidance_scale", 1.0)}  # fmt: skip
+
+
+def load(run: Run, device: torch.device):
+    from genbench.models import load_checkpoint
+
+    return load_checkpoint(run.checkpoint, map_location=device)
+
+
+@torch.no_grad()
+def draw(model, n: int, seed: int, sampler: dict, labels=None) -> torch.Tensor:
+    """``n`` uint8 samples from a fixed seed; balanced labels for conditional models unless given."""
+    generator = torch.Generator(device=model.device).manual_seed(int(seed))
+    if labels is None and model.num_classes:
+        labels = torch.arange(n) % model.num_classes
+    return to_uint8(model.sample(n, labels=labels, generator=generator, **sampler))
+
+
+def _show(ax, grid: torch.Tensor) -> None:
+    image = grid.permute(1, 2, 0).numpy()
+    ax.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def build_datamodule(run_cfg: DictConfig):
+    """The run's own data module (same source, size and split), from its resolved config."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(run_cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def sample_grids(runs: list[Run], out: Path, fig_dir: Path, rows: int, seed: int, device: torch.device) -> list[Path]:
+    """figures/samples_<family>: a grid per family; OUT/samples.png: the first row of each, one family a row."""
+    chosen = first_seed_runs(runs)
+    if not chosen:
+        raise Skipped("no completed run with a checkpoint")
+    strips, written, loaded = [], [], []
+    for family, run in chosen.items():
+        model, run_cfg = load(run, device)
+        cols = model.num_classes or 10
+        sampler = sampler_kwargs(run_cfg)
+        images = draw(model, rows * cols, seed, sampler)
+        extra = {"sampler": sampler["sampler"], "sampler_steps": sampler["steps"]} if family == "diffusion" else {}
+        fig, ax = plt.subplots(figsize=(cols * 0.6, rows * 0.6 + 0.4))
+        _show(ax, make_grid(images, nrow=cols))
+        ax.set_title(f"{family} ({run.setting}, seed {run.seed})", fontsize=8)
+        written += save_figure(fig, fig_dir / f"samples_{family}", provenance_chunks(family, model.checkpoint_sha256, seed, **extra))
+        strips.append((family, make_grid(images[:cols], nrow=cols)))
+        loaded.append((run, model))
+    fig, axes = plt.subplots(len(strips), 1, figsize=(8, 0.9 * len(strips) + 0.2), squeeze=False)
+    for ax, (family, strip) in zip(axes[:, 0], strips):
+        _show(ax, strip)
+        ax.set_ylabel(family, rotation=0, ha="right", va="center", fontsize=9)
+    fig.tight_layout()
+    written += save_figure(fig, out / "samples", image_provenance(loaded, seed))
+    return written
+
+
+def ddim_figure(run: Run, fig_dir: Path, steps_list: list[int], seeds: list[int], fid_steps: list[int] | None,
+                fid_n: int, fallback_metrics: DictConfig | None, device: torch.device, notes: list[str]) -> list[Path]:  # fmt: skip
+    """Rows are seeds, columns DDIM step counts (eta 0: each row is one noise draw), beside FID against steps."""
+    model, run_cfg = load(run, device)
+    limit = model.schedule.num_timesteps
+    steps = [int(k) for k in steps_list if 0 < int(k) <= limit]
+    if len(steps) < len(steps_list):
+        notes.append(f"DDIM figure: step counts above the {limit} training timesteps were left out.")
+    guidance = sampler_kwargs(run_cfg)["guidance_scale"]
+    cells = []
+    for seed in seeds:
+        label = None if model.num_classes is None else torch.tensor([int(seed) % model.num_classes])
+        for k in steps:
+            cells.append(draw(model, 1, seed, {"sampler": "ddim", "steps": k, "eta": 0.0, "guidance_scale": guidance}, label))
+    grid = make_grid(torch.cat(cells), nrow=len(steps))
+    fid_steps = [int(k) for k in fid_steps if 0 < int(k) <= limit] if fid_steps else steps
+    curve = fid_against_steps(model, run_cfg, fid_steps, fid_n, fallback_metrics, guidance, notes) if fid_n else None
+    if not fid_n:
+        notes.append("DDIM figure: FID curve switched off (report.ddim_fid_n=0).")
+    fig = plt.figure(figsize=(0.75 * len(steps) + (4.2 if curve else 0.3), 0.75 * len(seeds) + 0.9))
+    widths = [0.75 * len(steps), 3.6] if curve else [1]
+    spec = fig.add_gridspec(1, len(widths), width_ratios=widths, wspace=0.25)
+    ax = fig.add_subplot(spec[0, 0])
+    _show(ax, grid)
+    cell = grid.shape[1] / len(seeds)
+    ax.set_xticks([(i + 0.5) * grid.shape[2] / len(steps) for i in range(len(steps))], [str(k) for k in steps], fontsize=7)
+    ax.set_yticks([(i + 0.5) * cell for i in range(len(seeds))], [str(s) for s in seeds], fontsize=7)
+    ax.set_xlabel("DDIM steps")
+    ax.set_ylabel("seed")
+    if curve:
+        ax2 = fig.add_subplot(spec[0, 1])
+        xs, ys = zip(*curve)
+        ax2.plot(xs, ys, "o-", color=COLORS["diffusion"])
+        ax2.set_xscale("log")
+        ax2.set_xlabel("DDIM steps")
+        ax2.set_ylabel(f"FID ({fid_n} samples)")
+        ax2.grid(alpha=0.3)
+    fig.suptitle(f"diffusion, {run.setting}, seed {run.seed}", fontsize=9)
+    chunks = provenance_chunks("diffusion", model.checkpoint_sha256, ",".join(map(str, seeds)), sampler="ddim",
+                               sampler_steps=",".join(map(str, steps)))  # fmt: skip
+    written = save_figure(fig, fig_dir / "ddim_steps", chunks)
+    if curve:
+        written.append(write_rows(fig_dir / "ddim_fid.csv", [{"steps": k, "fid": f, "n_samples": fid_n} for k, f in curve]))
+    return written
+
+
+def fid_against_steps(model, run_cfg, steps: list[int], n: int, fallback_metrics, guidance: float,
+                      notes: list[str]) -> list[tuple[int, float]] | None:  # fmt: skip
+    try:
+        from genbench.metrics import evaluate_model
+    except ImportError as exc:
+        notes.append(f"DDIM figure: no FID curve, the evaluator is not available ({exc}).")
+        return None
+    metrics = run_cfg.get("metrics") or fallback_metrics
+    if metrics is None:
+        notes.append("DDIM figure: no FID curve, neither the run nor the report has a metrics config.")
+        return None
+    metrics = OmegaConf.merge(metrics, {"n_samples": int(n), "memorization": False})
+    datamodule = build_datamodule(run_cfg)
+    curve = []
+    for k in steps:
+        sampler = {"sampler": "ddim", "steps": k, "eta": 0.0, "guidance_scale": guidance}
+        try:
+            record = evaluate_model(model, metrics, datamodule, sampler)
+        except GenbenchError as exc:  # no extractor weights here, say: the grid is still worth drawing
+            notes.append(f"DDIM figure: no FID curve, the evaluator could not run ({exc}).")
+            return None
+        curve.append((k, float(record["fid"])))
+        log.info("DDIM %d steps: FID %.2f (%d samples, %s)", k, record["fid"], n, record.get("extractor"))
+    return curve
+
+
+def interpolation_figure(run: Run, fig_dir: Path, pairs: int, steps: int, seed: int, device: torch.device) -> list[Path]:
+    """Decoded straight lines between the posterior means of test-image pairs, the real pair at both ends."""
+    model, run_cfg = load(run, device)
+    datamodule = build_datamodule(run_cfg)
+    images, labels = datamodule.images("test"), datamodule.labels("test")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(int(seed)))[: 2 * pairs].tolist()
+    strips = []
+    for a, b in zip(order[0::2], order[1::2]):
+        x_a, x_b = (images[i].float().div(127.5).sub(1.0) for i in (a, b))
+        label = None if (model.num_classes is None or labels is None) else int(labels[a])
+        path = model.interpolate(x_a, x_b, steps, labels=label).cpu()
+        strips.append(to_uint8(torch.cat([x_a[None], path, x_b[None]])))
+    grid = make_grid(torch.cat(strips), nrow=steps + 2)
+    fig, ax = plt.subplots(figsize=(0.6 * (steps + 2), 0.6 * pairs + 0.5))
+    _show(ax, grid)
+    ax.set_title(f"VAE latent interpolation ({run.setting}, seed {run.seed}): test image, {steps} decoded steps, test image",
+                 fontsize=8)  # fmt: skip
+    return save_figure(fig, fig_dir / "vae_interpolation", provenance_chunks("vae", model.checkpoint_sha256, seed, content="interpolation"))
+
+
+def read_fid_curve(run: Run) -> list[dict]:
+    """The in-training FID rows (``fid``, ``wall_clock_s``, ``images_seen``) of a run's metrics.csv."""
+    path = run.path / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("fid") not in (None, "")]
+    out = []
+    for r in rows:
+        try:
+            out.append({k: float(r[k]) for k in ("fid", "wall_clock_s", "images_seen") if r.get(k) not in (None, "")})
+        except ValueError:
+            continue
+    return [r for r in out if len(r) == 3]
+
+
+def compute_curves_figure(runs: list[Run], fig_dir: Path) -> list[Path]:
+    """FID against training wall-clock and against images seen, every run of every family on one pair of axes."""
+    curves = [(run, read_fid_curve(run)) for run in runs]
+    curves = [(run, rows) for run, rows in curves if rows]
+    if not curves:
+        raise Skipped("no run logged in-training FID (set callbacks.fid.every_n_steps or every_n_minutes)")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    labelled = set()
+    for run, rows in curves:
+        label = run.family if run.family not in labelled else None
+        labelled.add(run.family)
+        for ax, x in zip(axes, ("wall_clock_s", "images_seen")):
+            ax.plot([r[x] for r in rows], [r["fid"] for r in rows], "o-", ms=3, alpha=0.8, label=label,
+                    color=COLORS.get(run.family))  # fmt: skip
+    fids = [r["fid"] for _, rows in curves for r in rows]
+    if min(fids) > 0 and max(fids) / min(fids) > 10:
+        axes[0].set_yscale("log")
+    axes[0].set_xlabel("training wall-clock (s)")
+    axes[1].set_xlabel("images seen")
+    axes[0].set_ylabel("FID (in-training)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    written = save_figure(fig, fig_dir / "fid_vs_compute", plot_provenance([r for r, _ in curves], "FID against compute"))
+    long_rows = [{"family": run.family, "seed": run.seed, "setting": run.setting, **row} for run, rows in curves for row in rows]
+    written.append(write_rows(fig_dir / "fid_vs_compute.csv", long_rows))
+    return written
+
+
+def throughput_figure(runs: list[Run], fig_dir: Path) -> list[Path]:
+    """Training img/s (run.json) per family, one bar per hardware, mean ± std over runs."""
+    import statistics
+
+    cells: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        value = run.record.get("img_per_s")
+        if run.status == "completed" and isinstance(value, (int, float)):
+            cells.setdefault((run.family, run.hardware), []).append(float(value))
+    if not cells:
+        raise Skipped("no completed run records img_per_s")
+    families = sorted({f for f, _ in cells})
+    hardware = sorted({h for _, h in cells})
+    width = 0.8 / len(hardware)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(families), 3.2))
+    for j, hw in enumerate(hardware):
+        xs, means, stds = [], [], []
+        for i, family in enumerate(families):
+            values = cells.get((family, hw))
+            if values:
+                xs.append(i + (j - (len(hardware) - 1) / 2) * width)
+                means.append(statistics.fmean(values))
+                stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+        bars = ax.bar(xs, means, width, yerr=stds, capsize=3, label=hw)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(families)), families)
+    ax.set_ylabel("training img/s")
+    ax.legend(title="hardware", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, fig_dir / "throughput", plot_provenance(runs, "throughput by hardware"))
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,332 @@
+"""Paper-style tables: mean ± std over seeds per family and setting, one table per evaluation protocol.
+
+Metrics are only comparable on the same extractor (and weights), sample counts and reference images, so each
+such protocol gets its own table; runs without metrics.json get one of their own, with – for every metric.
+Runs that did not complete are never averaged in; they are listed below the tables with their status.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from genbench.report.collect import Run
+
+DASH = "–"
+
+
+@dataclass(frozen=True)
+class Quantity:
+    key: str  # column stem in table.csv
+    header: str
+    field: str
+    source: str = "record"  # run.json ("record") or metrics.json ("metrics")
+    better: str | None = None  # "lower" | "higher": the best row is set in bold
+    scale: float = 1.0
+
+
+QUANTITIES = (
+    Quantity("params", "parameters", "params"),
+    Quantity("images_seen", "images seen", "images_seen"),
+    Quantity("train_seconds", "train time", "train_seconds"),
+    Quantity("img_per_s", "img/s", "img_per_s"),
+    Quantity("fid", "FID", "fid", "metrics", "lower"),
+    Quantity("kid", "KID", "kid_mean", "metrics", "lower"),
+    Quantity("is", "IS", "is_mean", "metrics", "higher"),
+    Quantity("precision", "precision", "precision", "metrics", "higher"),
+    Quantity("recall", "recall", "recall", "metrics", "higher"),
+    Quantity("memorization", "memorization", "memorization", "metrics", "lower"),
+    Quantity("sample_seconds_per_1k", "sampling s/1k img", "sample_seconds_per_1k", "metrics"),
+)
+METRIC_KEYS = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "memorization",
+               "sample_seconds_per_1k")  # fmt: skip
+
+
+@dataclass
+class Stat:
+    mean: float | None
+    std: float | None
+    n: int
+
+
+@dataclass
+class Group:
+    family: str
+    setting: str
+    runs: list[Run]
+
+    def values(self, q: Quantity) -> list[float]:
+        out = []
+        for run in self.runs:
+            source = run.record if q.source == "record" else (run.metrics or {})
+            value = source.get(q.field)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                out.append(float(value) * q.scale)
+        return out
+
+    def stat(self, q: Quantity) -> Stat:
+        values = self.values(q)
+        if not values:
+            return Stat(None, None, 0)
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return Stat(statistics.fmean(values), std, len(values))
+
+
+@dataclass
+class Table:
+    protocol: tuple | None
+    groups: list[Group]
+    caption: str = ""
+    show_setting: bool = False
+
+    @property
+    def runs(self) -> list[Run]:
+        return [r for g in self.groups for r in g.runs]
+
+
+@dataclass
+class Summary:
+    tables: list[Table]
+    excluded: list[Run]  # failed, diverged, still running
+    missing: list[str]  # sweep jobs with no run.json at all
+    notes: list[str] = field(default_factory=list)
+
+
+def build_summary(runs: list[Run], missing: list[str]) -> Summary:
+    completed = [r for r in runs if r.status == "completed"]
+    excluded = [r for r in runs if r.status != "completed"]
+    by_protocol: dict[tuple | None, list[Run]] = {}
+    for run in completed:
+        by_protocol.setdefault(run.protocol, []).append(run)
+    # The protocol with the most runs first; the table without metrics last.
+    order = sorted(by_protocol, key=lambda p: (p is None, -len(by_protocol[p]), str(p)))
+    tables = []
+    for protocol in order:
+        groups: dict[tuple[str, str], list[Run]] = {}
+        for run in by_protocol[protocol]:
+            groups.setdefault((run.family, run.setting), []).append(run)
+        table = Table(protocol, [Group(f, s, rs) for (f, s), rs in groups.items()])
+        table.show_setting = len({g.setting for g in table.groups}) > 1
+        table.caption = caption(table)
+        tables.append(table)
+    summary = Summary(tables, excluded, missing)
+    if len([p for p in by_protocol if p is not None]) > 1:
+        summary.notes.append("Runs were scored under different evaluation protocols (extractor, sample counts or "
+                             "reference); each protocol has its own table and none are averaged together.")  # fmt: skip
+    no_metrics = len(by_protocol.get(None, []))
+    if no_metrics:
+        summary.notes.append(f"{no_metrics} completed run(s) have no metrics.json (evaluate=false, or the evaluation "
+                             "failed): their metrics show –.")  # fmt: skip
+    return summary
+
+
+def _unique(values) -> list[str]:
+    return sorted({str(v) for v in values if v not in (None, "")})
+
+
+def caption(table: Table) -> str:
+    runs = table.runs
+    datasets = _unique((r.config or {}).get("data", {}).get("source") for r in runs)
+    parts = [f"{' / '.join(datasets) or 'Generative models'}: mean ± std over seeds (n runs per row)."]
+    if table.protocol is None:
+        parts.append("No metrics.json: metric columns show –.")
+    else:
+        extractor, sha, n_fake, n_real, reference = table.protocol
+        parts.append(f"Metrics on {extractor} features (weights sha256 {str(sha)[:12]}), n_fake={n_fake} generated "
+                     f"against n_real={n_real} real images ({reference}).")  # fmt: skip
+        samplers = _unique(f"{r.metrics.get('sampler')}, {r.metrics.get('sampler_steps')} steps" for r in runs
+                           if r.family == "diffusion" and r.metrics.get("sampler"))  # fmt: skip
+        if samplers:
+            parts.append(f"Diffusion sampler: {'; '.join(samplers)}.")
+    hardware = _unique(f"{(r.record.get('hardware') or {}).get('device_name', '?')} "
+                       f"({(r.record.get('hardware') or {}).get('precision', '?')})" for r in runs)  # fmt: skip
+    parts.append(f"Hardware: {'; '.join(hardware) or 'unknown'}.")
+    commits = _unique(r.record.get("git_commit") for r in runs)
+    parts.append(f"Commit{'s' if len(commits) > 1 else ''}: {', '.join(c[:12] + ('-dirty' if c.endswith('-dirty') else '') for c in commits) or 'unknown'}.")
+    if table.protocol is not None:
+        parts.append("Best in bold (lower FID, KID and memorization; higher IS, precision and recall).")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+def _decimals(value: float) -> int:
+    """Three significant digits, at most four decimals, none for values of 100 and above."""
+    if value == 0 or not math.isfinite(value):
+        return 2
+    return int(min(4, max(0, 2 - math.floor(math.log10(abs(value))))))
+
+
+def _si(value: float) -> str:
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= limit:
+            return f"{value / limit:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def time_unit(table: Table) -> tuple[str, float]:
+    q = next(q for q in QUANTITIES if q.key == "train_seconds")
+    means = [g.stat(q).mean for g in table.groups if g.stat(q).mean is not None]
+    return ("min", 60.0) if means and max(means) >= 120 else ("s", 1.0)
+
+
+def headers(table: Table) -> list[str]:
+    unit, _ = time_unit(table)
+    cols = ["family"] + (["setting"] if table.show_setting else []) + ["n"]
+    return cols + [f"{q.header} ({unit})" if q.key == "train_seconds" else q.header for q in QUANTITIES]
+
+
+def cells(table: Table, style: str) -> list[list[str]]:
+    """Display rows, ``style`` markdown or latex: mean ± std, (n=k) where a value is missing for some seeds."""
+    unit, divisor = time_unit(table)
+    pm, dash = (" $\\pm$ ", "--") if style == "latex" else (" ± ", DASH)
+    bold = (lambda s: f"\\textbf{{{s}}}") if style == "latex" else (lambda s: f"**{s}**")
+    best = {q.key: best_mean_text(table, q) for q in QUANTITIES if q.better}
+    rows = []
+    for group in table.groups:
+        row = [group.family] + ([group.setting] if table.show_setting else []) + [str(len(group.runs))]
+        for q in QUANTITIES:
+            stat = group.stat(q)
+            if stat.mean is None:
+                row.append(dash)
+                continue
+            if q.key in ("params", "images_seen"):
+                text = _si(stat.mean) + (f"{pm}{_si(stat.std)}" if stat.std else "")
+            else:
+                scale = divisor if q.key == "train_seconds" else 1.0
+                mean = stat.mean / scale
+                digits = _decimals(mean)
+                text = f"{mean:.{digits}f}" + (f"{pm}{stat.std / scale:.{digits}f}" if stat.std is not None else "")
+                if best.get(q.key) is not None and f"{mean:.{digits}f}" == best[q.key]:
+                    text = bold(text)
+            if 0 < stat.n < len(group.runs):
+                text += f" (n={stat.n})"
+            row.append(text)
+        rows.append(row)
+    return rows
+
+
+def best_mean_text(table: Table, q: Quantity) -> str | None:
+    """The best group mean as displayed; None when fewer than two rows have the value or all show the same."""
+    means = [m for m in (g.stat(q).mean for g in table.groups) if m is not None]
+    if len({f"{m:.{_decimals(m)}f}" for m in means}) < 2:
+        return None
+    best = min(means) if q.better == "lower" else max(means)
+    return f"{best:.{_decimals(best)}f}"
+
+
+def excluded_lines(summary: Summary) -> list[str]:
+    lines = []
+    for run in summary.excluded:
+        status = {"running": "incomplete (status running: killed, or still training)"}.get(run.status, run.status)
+        reason = run.record.get("stop_reason")
+        lines.append(f"{run.label}: {status}{f' – {reason}' if reason else ''} [{run.path}]")
+    lines += [f"missing: {job}: no run.json (failed before training started, or not run yet)" for job in summary.missing]
+    return lines
+
+
+def to_markdown(summary: Summary) -> str:
+    out = []
+    for i, table in enumerate(summary.tables, 1):
+        head = headers(table)
+        out.append(f"**Table {i}.** {table.caption}\n")
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "|".join(["---"] + (["---"] if table.show_setting else []) + ["---:"] * (len(head) - 1 - table.show_setting)) + "|")
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells(table, "markdown")]
+        out.append("")
+    lines = excluded_lines(summary)
+    if lines:
+        out.append(f"**Not in the tables ({len(lines)}):**\n")
+        out += [f"- {line}" for line in lines]
+        out.append("")
+    out += [f"_Note: {note}_\n" for note in summary.notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+                  "±": r"$\pm$", "–": "--", "³": r"$^3$", "×": r"$\times$", "∅": r"$\emptyset$"}  # fmt: skip
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def to_latex(summary: Summary) -> str:
+    out = ["% genbench report: needs \\usepackage{booktabs} (and graphicx if you \\resizebox it)."]
+    lines = excluded_lines(summary)
+    for i, table in enumerate(summary.tables, 1):
+        head = headers(table)
+        align = "l" + ("l" if table.show_setting else "") + "r" * (len(head) - 1 - table.show_setting)
+        out += ["\\begin{table}[t]", "\\centering", "\\small",
+                f"\\caption{{{latex_escape(table.caption)}}}", f"\\label{{tab:genbench-{i}}}",
+                f"\\begin{{tabular}}{{{align}}}", "\\toprule",
+                " & ".join(latex_escape(h) for h in head) + " \\\\", "\\midrule"]  # fmt: skip
+        for row in cells(table, "latex"):
+            # Cells already carry LaTeX ($\pm$, \textbf); only the text columns need escaping.
+            text_cols = 2 + table.show_setting
+            out.append(" & ".join([latex_escape(c) for c in row[:text_cols]] + row[text_cols:]) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}"]
+        if i == len(summary.tables) and (lines or summary.notes):
+            out.append("\\par\\smallskip\\footnotesize")
+            if lines:
+                out.append("Not in the table: " + "; ".join(latex_escape(line) for line in lines) + ".")
+            out += [latex_escape(note) for note in summary.notes]
+        out += ["\\end{table}", ""]
+    return "\n".join(out)
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+def protocol_fields(protocol: tuple | None) -> dict:
+    names = ("extractor", "extractor_sha256", "n_fake", "n_real", "reference")
+    return dict(zip(names, protocol if protocol else (None,) * len(names)))
+
+
+def table_rows(summary: Summary) -> list[dict]:
+    """One row per table group: protocol, family, setting, n, and ``<q>_mean``, ``<q>_std``, ``<q>_n`` (raw units)."""
+    rows = []
+    for i, table in enumerate(summary.tables, 1):
+        for group in table.groups:
+            row = {"table": i, **protocol_fields(table.protocol), "family": group.family, "setting": group.setting,
+                   "n": len(group.runs), "seeds": " ".join(str(r.seed) for r in group.runs)}  # fmt: skip
+            for q in QUANTITIES:
+                stat = group.stat(q)
+                row |= {f"{q.key}_mean": _raw(stat.mean, q), f"{q.key}_std": _raw(stat.std, q), f"{q.key}_n": stat.n}
+            rows.append(row)
+    return rows
+
+
+def _raw(value: float | None, q: Quantity) -> float | None:
+    return None if value is None else float(f"{value / q.scale:.6g}")
+
+
+def run_rows(runs: list[Run]) -> list[dict]:
+    """One row per run, whatever its status: the run record, its setting and its metrics."""
+    rows = []
+    for run in runs:
+        hw = run.record.get("hardware") or {}
+        row = {"family": run.family, "seed": run.seed, "status": run.status, "stop_reason": run.record.get("stop_reason"),
+               "setting": run.setting, "hardware": run.hardware, "device_name": hw.get("device_name"),
+               "precision": hw.get("precision"), "git_commit": run.record.get("git_commit")}  # fmt: skip
+        for key in ("params", "images_seen", "steps", "train_seconds", "img_per_s", "peak_mem_mb"):
+            row[key] = run.record.get(key)
+        row |= protocol_fields(run.protocol)
+        for key in METRIC_KEYS:
+            row[key] = (run.metrics or {}).get(key)
+        row["path"] = str(run.path)
+        rows.append(row)
+    return rows
+
+
+def to_csv(rows: list[dict]) -> str:
+    return _csv(rows)

@@ -1,0 +1,72 @@
+"""FIDCallback inside a real (tiny) Lightning run: FID rows with wall-clock time and images seen in metrics.csv."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from genbench.errors import GenbenchError
+from genbench.metrics.callback import FIDCallback
+
+
+class _Data(pl.LightningDataModule):
+    fingerprint, channels, image_size = "callback-test", 1, 28
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.real = (torch.rand(200, 1, 28, 28, generator=g) * 255).to(torch.uint8)
+
+    def images(self, split):
+        return self.real
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(self.real.float()), batch_size=8)
+
+
+class _Model(pl.LightningModule):
+    family, num_classes = "stub", None
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.zeros(()))
+        self.images_seen = 0
+
+    def training_step(self, batch, batch_idx):
+        self.images_seen += len(batch[0])
+        return (self.scale - 1) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def sample(self, n, labels=None, generator=None, **kwargs):
+        noise = torch.rand(n, 1, 28, 28, generator=generator, device=self.device) * 2 - 1
+        return noise * self.scale.detach().clamp(0, 1)  # blank at first, noise as training goes
+
+
+def test_fid_callback_logs_fid_wall_clock_and_images_seen(tmp_path):
+    callback = FIDCallback(
+        every_n_steps=2, n_samples=40, metrics={"extractor": "fmnist_classifier", "cache_dir": str(tmp_path / "cache")}
+    )
+    logger = pl.loggers.CSVLogger(tmp_path, name="run", version="")
+    trainer = pl.Trainer(
+        max_steps=5, callbacks=[callback], logger=logger, accelerator="cpu", enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(_Model(), datamodule=_Data())
+    assert [h["step"] for h in callback.history] == [2, 4, 5]  # every 2 steps, then once at the end
+    rows = [r for r in csv.DictReader(open(tmp_path / "run" / "metrics.csv")) if r.get("fid")]
+    assert len(rows) == 3
+    assert [float(r["images_seen"]) for r in rows] == [16.0, 32.0, 40.0]
+    wall = [float(r["wall_clock_s"]) for r in rows]
+    assert wall == sorted(wall) and wall[0] >= 0
+    assert all(float(r["fid"]) >= 0 for r in rows)
+
+
+def test_fid_callback_needs_a_schedule():
+    with pytest.raises(GenbenchError):
+        FIDCallback(n_samples=10)

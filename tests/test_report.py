@@ -1,0 +1,205 @@
+"""``python -m genbench.report`` over real sweeps: mean ± std per family, failures listed, protocols kept apart.
+
+Two sweeps run side by side as a user runs them (``python -m genbench.train -m …``): gan and vae with two seeds
+each, and a sweep in which the gan job fails (a Trainer option its manual optimization refuses). The table logic
+itself is also checked on hand-made runs, which is instant.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import CONF_DIR, assert_contract_error, finish_cli, requires_fmnist, start_cli, train_run
+
+from genbench.errors import GenbenchError
+from genbench.imageio import read_png_text
+from genbench.report import report
+from genbench.report.collect import Run, assign_settings, find_runs, missing_jobs
+from genbench.report.tables import build_summary, table_rows, to_latex, to_markdown
+
+SMOKE = ["experiment=smoke"]
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _report_cfg(*overrides: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose("report", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory, fmnist) -> dict:
+    """Both sweeps side by side, then the report on the good one next to a report on a folder that is not there."""
+    root = tmp_path_factory.mktemp("runs")
+    out = tmp_path_factory.mktemp("reports")
+    good = start_cli("train", "-m", *SMOKE, "name=smoke", "evaluate=true", "model=gan,vae", "seed=0,1", f"paths.runs_dir={root}")
+    bad = start_cli("train", "-m", *SMOKE, "name=broken", "evaluate=false", "model=vae,gan", "seed=0",
+                    "trainer.gradient_clip_val=1.0", f"paths.runs_dir={root}")  # fmt: skip
+    results = {"good_sweep": finish_cli(good, timeout=400), "bad_sweep": finish_cli(bad, timeout=400)}
+    reports = {
+        "good_report": start_cli("report", f"sweep={root / 'smoke'}", f"out={out / 'smoke'}", "report.grid_rows=2",
+                                 "report.interp_pairs=2", "report.interp_steps=4"),
+        "missing_dir": start_cli("report", f"sweep={root / 'nowhere'}", f"out={out / 'nowhere'}"),
+    }  # fmt: skip
+    results |= {name: finish_cli(process, timeout=400) for name, process in reports.items()}
+    return {"root": root, "out": out, **results}
+
+
+@requires_fmnist
+def test_two_family_two_seed_sweep_reports_mean_std_with_n2(sweeps):
+    assert sweeps["good_sweep"].returncode == 0, sweeps["good_sweep"].stderr[-3000:]
+    result = sweeps["good_report"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = sweeps["out"] / "smoke"
+    groups = {row["family"]: row for row in _rows(out / "table.csv")}
+    assert set(groups) == {"gan", "vae"}
+    for row in groups.values():
+        assert row["n"] == "2" and row["seeds"] == "0 1"
+        assert row["images_seen_n"] == "2" and row["fid_n"] == "2" and row["img_per_s_std"] != ""
+        assert row["extractor"] == "fmnist_classifier" and row["n_fake"] == "200"
+        assert float(row["fid_mean"]) > 0 and row["fid_std"] != ""
+    runs = _rows(out / "runs.csv")
+    assert len(runs) == 4 and {r["status"] for r in runs} == {"completed"}
+
+    markdown = (out / "table.md").read_text()
+    assert "| family |" in markdown and "±" in markdown and "**" in markdown
+    assert "| gan | 2 |" in markdown and "| vae | 2 |" in markdown
+    assert "n_fake=200" in markdown and "fmnist_classifier" in markdown and "x86_64 CPU" in markdown
+    assert "| family |" in result.stdout  # the report prints its Markdown table
+    latex = (out / "table.tex").read_text()
+    assert all(rule in latex for rule in ("\\toprule", "\\midrule", "\\bottomrule", "$\\pm$", "\\textbf{"))
+
+    for png in [out / "samples.png", *sorted((out / "figures").glob("*.png"))]:
+        assert read_png_text(png).get("AI-generated") == "true", png
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"samples_gan.png", "samples_vae.pdf", "vae_interpolation.png", "throughput.pdf"} <= figures
+    assert not [p for p in out.rglob(".*tmp*")], "temporary files left behind"
+    stamp = json.loads((out / "report.json").read_text())
+    assert stamp["run_git_commits"] and stamp["hardware"] and len(stamp["groups"]) == 2
+
+
+@requires_fmnist
+def test_sweep_with_a_failed_job_still_reports_the_others_and_lists_the_failure(sweeps):
+    sweep = sweeps["bad_sweep"]
+    assert sweep.returncode != 0  # Hydra runs every job, then raises the failure
+    records = {json.loads(p.read_text())["family"]: json.loads(p.read_text()) for p in (sweeps["root"] / "broken").rglob("run.json")}
+    assert records["vae"]["status"] == "completed" and records["gan"]["status"] == "failed"
+
+    out = sweeps["out"] / "broken"
+    report(_report_cfg(f"sweep={sweeps['root'] / 'broken'}", f"out={out}", "report.figures=false"))
+    rows = _rows(out / "table.csv")
+    assert [(r["family"], r["n"]) for r in rows] == [("vae", "1")]
+    markdown = (out / "table.md").read_text()
+    assert "Not in the tables (1)" in markdown and "gan seed 0" in markdown and "failed" in markdown
+    assert "clipping" in markdown  # the stop reason says why
+    assert "gan seed 0" in (out / "table.tex").read_text()
+    assert {r["status"] for r in _rows(out / "runs.csv")} == {"completed", "failed"}
+    assert "–" in markdown  # no metrics.json (evaluate=false): metrics show a dash
+
+
+@requires_fmnist
+def test_bad_sweep_folder_is_a_contract_error_and_writes_nothing(sweeps, tmp_path):
+    assert_contract_error(sweeps["missing_dir"], "nowhere")
+    assert not (sweeps["out"] / "nowhere").exists()
+    with pytest.raises(GenbenchError, match="no run.json"):
+        find_runs(tmp_path)
+
+
+@requires_fmnist
+def test_missing_and_diverged_jobs_are_listed_never_dropped(sweeps, tmp_path):
+    sweep = tmp_path / "smoke"
+    shutil.copytree(sweeps["root"] / "smoke", sweep)
+    shutil.rmtree(sweep / "model=vae,seed=1")  # as train.py leaves a job that failed before training
+    record_path = sweep / "model=gan,seed=1" / "run.json"
+    record = json.loads(record_path.read_text()) | {"status": "diverged", "stop_reason": "loss became non-finite"}
+    record_path.write_text(json.dumps(record))
+
+    runs = find_runs(sweep)
+    missing = missing_jobs(sweep, runs)
+    assert missing == [f"model=vae, seed=1 (sweep {sweep})"]
+    summary = build_summary(runs, missing)
+    assert [(g.family, len(g.runs)) for t in summary.tables for g in t.groups] == [("gan", 1), ("vae", 1)]
+    markdown = to_markdown(summary)
+    assert "gan seed 1 (cpu): diverged – loss became non-finite" in markdown
+    assert "missing: model=vae, seed=1" in markdown
+    assert "Not in the table" in to_latex(summary)
+
+
+# ------------------------------------------------------------------------------ table logic on hand-made runs
+def _run(tmp_path: Path, family: str, seed: int, hardware: str = "cpu", metrics: dict | None = None, **config) -> Run:
+    record = {"family": family, "seed": seed, "status": "completed", "params": 1000, "images_seen": 640,
+              "train_seconds": 10.0 + seed, "img_per_s": 64.0 + seed, "git_commit": "abc", "hardware":
+              {"device_name": "cpu", "precision": "32-true"}}  # fmt: skip
+    cfg = {"seed": seed, "model": {"family": family}, "hardware": {"name": hardware}, "data": {"seed": seed},
+           "run_name": f"{family}-seed{seed}", **config}  # fmt: skip
+    return Run(tmp_path / f"{family}{seed}{hardware}", record, cfg, metrics)
+
+
+def _metrics(fid: float, n_fake: int = 1000, extractor: str = "fmnist_classifier") -> dict:
+    return {"extractor": extractor, "extractor_sha256": "f" * 64, "n_fake": n_fake, "n_real": 10000, "reference": "test",
+            "fid": fid, "kid_mean": 0.01, "is_mean": 3.0 + fid / 100, "precision": 0.5, "recall": 0.4, "memorization": 0.01}  # fmt: skip
+
+
+def test_different_protocols_are_never_averaged_together(tmp_path):
+    runs = [_run(tmp_path, "gan", 0, metrics=_metrics(20.0)), _run(tmp_path, "gan", 1, metrics=_metrics(30.0)),
+            _run(tmp_path, "gan", 2, metrics=_metrics(25.0, n_fake=500)),
+            _run(tmp_path, "vae", 0, metrics=_metrics(40.0, extractor="inception")), _run(tmp_path, "vae", 1)]  # fmt: skip
+    assign_settings(runs)
+    summary = build_summary(runs, [])
+    protocols = [(t.protocol and (t.protocol[0], t.protocol[2]), [(g.family, len(g.runs)) for g in t.groups]) for t in summary.tables]
+    assert protocols == [(("fmnist_classifier", 1000), [("gan", 2)]), (("fmnist_classifier", 500), [("gan", 1)]),
+                         (("inception", 1000), [("vae", 1)]), (None, [("vae", 1)])]  # fmt: skip
+    rows = table_rows(summary)
+    assert rows[0]["fid_mean"] == 25.0 and rows[0]["fid_n"] == 2 and abs(rows[0]["fid_std"] - 7.07107) < 1e-4
+    assert any("different evaluation protocols" in note for note in summary.notes)
+    assert "n_fake=500" in to_markdown(summary)
+
+
+def test_best_value_is_bold_and_settings_split_rows(tmp_path):
+    runs = [_run(tmp_path, "gan", s, metrics=_metrics(20.0 + s)) for s in (0, 1)]
+    runs += [_run(tmp_path, "vae", s, hw, metrics=_metrics(50.0 + s)) for s in (0, 1) for hw in ("cpu", "gpu_bf16")]
+    runs += [_run(tmp_path, "diffusion", s, metrics=_metrics(10.0), model={"family": "diffusion", "beta": b}) for s, b in ((0, 1), (1, 2))]
+    assign_settings(runs)
+    settings = {(r.family, r.setting) for r in runs}
+    # The seed, data.seed and the seed-named logger never make a setting; hardware and a swept model key do.
+    assert settings == {("gan", "cpu"), ("vae", "cpu"), ("vae", "gpu_bf16"), ("diffusion", "cpu, model.beta=1"),
+                        ("diffusion", "cpu, model.beta=2")}  # fmt: skip
+    summary = build_summary(runs, [])
+    markdown = to_markdown(summary)
+    fid = {(row["family"], row["setting"]): row["fid_mean"] for row in table_rows(summary)}
+    assert fid[("gan", "cpu")] == 20.5 and fid[("vae", "gpu_bf16")] == 50.5
+    assert markdown.count("| **10.0** |") == 2  # the lowest FID (both diffusion rows, one seed each) in bold
+    lines = {line.split(" | ")[0] + line.split(" | ")[1]: line for line in markdown.splitlines() if line.startswith("| ")}
+    assert "**" not in lines["| gancpu"]
+    best_is = re.compile(r"\*\*3\.5\d ± 0\.01\*\*")  # the highest IS (3 + FID/100), tied on both vae rows
+    assert best_is.search(lines["| vaecpu"]) and best_is.search(lines["| vaegpu_bf16"])
+
+
+@requires_fmnist
+def test_ddim_plot_fid_curve_and_compute_curves_from_a_diffusion_run(tmp_path, fmnist):
+    """One tiny diffusion run with in-training FID; the report draws the DDIM X-Y plot, its FID curve and FID vs compute."""
+    record = train_run(tmp_path / "runs" / "ddim" / "diffusion-seed0", "diffusion", "budget.max_steps=3",
+                       "callbacks.fid.every_n_steps=2", "callbacks.fid.n_samples=40", "metrics.extractor=fmnist_classifier")  # fmt: skip
+    assert record["status"] == "completed"
+    assert "fid" in (tmp_path / "runs" / "ddim" / "diffusion-seed0" / "metrics.csv").read_text()
+    stamp = report(_report_cfg(f"sweep={tmp_path / 'runs'}", f"out={tmp_path / 'out'}", "report.samples=false",
+                               "report.ddim_steps=[1,2,4]", "report.ddim_seeds=[0,1]", "report.ddim_fid_n=40",
+                               "report.ddim_fid_steps=null", "report.throughput=false"))  # fmt: skip
+    figures = tmp_path / "out" / "figures"
+    assert {"ddim_steps.png", "ddim_steps.pdf", "ddim_fid.csv", "fid_vs_compute.png", "fid_vs_compute.pdf"} <= {p.name for p in figures.iterdir()}
+    assert [int(r["steps"]) for r in _rows(figures / "ddim_fid.csv")] == [1, 2, 4]
+    chunks = read_png_text(figures / "ddim_steps.png")
+    assert chunks["AI-generated"] == "true" and chunks["genbench:family"] == "diffusion" and chunks["genbench:sampler"] == "ddim"
+    assert not [n for n in stamp["notes"] if "ddim" in n.lower() or "compute" in n]
