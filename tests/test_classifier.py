@@ -47,7 +47,6 @@ def test_augment_shifts_and_flips_within_bounds():
     assert set(out.unique().tolist()) <= set(x.unique().tolist())
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(find_root(None) is None, reason="Fashion-MNIST IDX files not installed")
 def test_shipped_classifier_test_accuracy_is_as_recorded():
     images, labels = load_split(find_root(None), "test")

@@ -50,7 +50,7 @@ class _Model(pl.LightningModule):
 
 def test_fid_callback_logs_fid_wall_clock_and_images_seen(tmp_path):
     callback = FIDCallback(
-        every_n_steps=2, n_samples=40, metrics={"extractor": "fmnist_classifier", "cache_dir": str(tmp_path / "cache")}
+        every_n_steps=2, n_samples=40, metrics_cfg={"extractor": "fmnist_classifier", "cache_dir": str(tmp_path / "cache")}
     )
     logger = pl.loggers.CSVLogger(tmp_path, name="run", version="")
     trainer = pl.Trainer(

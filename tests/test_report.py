@@ -94,7 +94,8 @@ def test_two_family_two_seed_sweep_reports_mean_std_with_n2(sweeps):
 def test_sweep_with_a_failed_job_still_reports_the_others_and_lists_the_failure(sweeps):
     sweep = sweeps["bad_sweep"]
     assert sweep.returncode != 0  # Hydra runs every job, then raises the failure
-    records = {json.loads(p.read_text())["family"]: json.loads(p.read_text()) for p in (sweeps["root"] / "broken").rglob("run.json")}
+    records = [json.loads(p.read_text()) for p in (sweeps["root"] / "broken").rglob("run.json")]
+    records = {record["family"]: record for record in records}
     assert records["vae"]["status"] == "completed" and records["gan"]["status"] == "failed"
 
     out = sweeps["out"] / "broken"
@@ -148,8 +149,9 @@ def _run(tmp_path: Path, family: str, seed: int, hardware: str = "cpu", metrics:
 
 
 def _metrics(fid: float, n_fake: int = 1000, extractor: str = "fmnist_classifier") -> dict:
-    return {"extractor": extractor, "extractor_sha256": "f" * 64, "n_fake": n_fake, "n_real": 10000, "reference": "test",
-            "fid": fid, "kid_mean": 0.01, "is_mean": 3.0 + fid / 100, "precision": 0.5, "recall": 0.4, "memorization": 0.01}  # fmt: skip
+    protocol = {"extractor": extractor, "extractor_sha256": "f" * 64, "n_fake": n_fake, "n_real": 10000, "reference": "test"}
+    return protocol | {"fid": fid, "kid_mean": 0.01, "is_mean": 3.0 + fid / 100, "precision": 0.5, "recall": 0.4,
+                       "memorization": 0.01}  # fmt: skip
 
 
 def test_different_protocols_are_never_averaged_together(tmp_path):
@@ -158,7 +160,8 @@ def test_different_protocols_are_never_averaged_together(tmp_path):
             _run(tmp_path, "vae", 0, metrics=_metrics(40.0, extractor="inception")), _run(tmp_path, "vae", 1)]  # fmt: skip
     assign_settings(runs)
     summary = build_summary(runs, [])
-    protocols = [(t.protocol and (t.protocol[0], t.protocol[2]), [(g.family, len(g.runs)) for g in t.groups]) for t in summary.tables]
+    protocols = [(t.protocol and (t.protocol[0], t.protocol[2]), [(g.family, len(g.runs)) for g in t.groups])
+                 for t in summary.tables]  # fmt: skip
     assert protocols == [(("fmnist_classifier", 1000), [("gan", 2)]), (("fmnist_classifier", 500), [("gan", 1)]),
                          (("inception", 1000), [("vae", 1)]), (None, [("vae", 1)])]  # fmt: skip
     rows = table_rows(summary)
@@ -170,7 +173,8 @@ def test_different_protocols_are_never_averaged_together(tmp_path):
 def test_best_value_is_bold_and_settings_split_rows(tmp_path):
     runs = [_run(tmp_path, "gan", s, metrics=_metrics(20.0 + s)) for s in (0, 1)]
     runs += [_run(tmp_path, "vae", s, hw, metrics=_metrics(50.0 + s)) for s in (0, 1) for hw in ("cpu", "gpu_bf16")]
-    runs += [_run(tmp_path, "diffusion", s, metrics=_metrics(10.0), model={"family": "diffusion", "beta": b}) for s, b in ((0, 1), (1, 2))]
+    for seed, beta in ((0, 1), (1, 2)):  # a swept model key
+        runs.append(_run(tmp_path, "diffusion", seed, metrics=_metrics(10.0), model={"family": "diffusion", "beta": beta}))
     assign_settings(runs)
     settings = {(r.family, r.setting) for r in runs}
     # The seed, data.seed and the seed-named logger never make a setting; hardware and a swept model key do.
@@ -191,14 +195,16 @@ def test_best_value_is_bold_and_settings_split_rows(tmp_path):
 def test_ddim_plot_fid_curve_and_compute_curves_from_a_diffusion_run(tmp_path, fmnist):
     """One tiny diffusion run with in-training FID; the report draws the DDIM X-Y plot, its FID curve and FID vs compute."""
     record = train_run(tmp_path / "runs" / "ddim" / "diffusion-seed0", "diffusion", "budget.max_steps=3",
-                       "callbacks.fid.every_n_steps=2", "callbacks.fid.n_samples=40", "metrics.extractor=fmnist_classifier")  # fmt: skip
+                       "callbacks.fid.every_n_steps=2", "callbacks.fid.n_samples=40", "metrics.extractor=fmnist_classifier",
+                       "metrics.n_reference=1000")  # fmt: skip
     assert record["status"] == "completed"
     assert "fid" in (tmp_path / "runs" / "ddim" / "diffusion-seed0" / "metrics.csv").read_text()
     stamp = report(_report_cfg(f"sweep={tmp_path / 'runs'}", f"out={tmp_path / 'out'}", "report.samples=false",
                                "report.ddim_steps=[1,2,4]", "report.ddim_seeds=[0,1]", "report.ddim_fid_n=40",
                                "report.ddim_fid_steps=null", "report.throughput=false"))  # fmt: skip
     figures = tmp_path / "out" / "figures"
-    assert {"ddim_steps.png", "ddim_steps.pdf", "ddim_fid.csv", "fid_vs_compute.png", "fid_vs_compute.pdf"} <= {p.name for p in figures.iterdir()}
+    expected = {"ddim_steps.png", "ddim_steps.pdf", "ddim_fid.csv", "fid_vs_compute.png", "fid_vs_compute.pdf"}
+    assert expected <= {p.name for p in figures.iterdir()}
     assert [int(r["steps"]) for r in _rows(figures / "ddim_fid.csv")] == [1, 2, 4]
     chunks = read_png_text(figures / "ddim_steps.png")
     assert chunks["AI-generated"] == "true" and chunks["genbench:family"] == "diffusion" and chunks["genbench:sampler"] == "ddim"

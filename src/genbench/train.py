@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -19,16 +20,24 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from genbench.cli import hydra_entry
 from genbench.errors import GenbenchError
-from genbench.models import Diverged, build_model
+from genbench.models import Diverged, build_model, file_sha256
 from genbench.training.budget import Budget, BudgetCallback
 from genbench.training.callbacks import RunRecordCallback, SampleGridCallback
 from genbench.training.checkpoint_io import AtomicCheckpointIO
 from genbench.training.csv_logger import RunCSVLogger
-from genbench.training.record import RUN_JSON, git_commit
+from genbench.training.record import RUN_JSON, git_commit, read_json, write_json
 from genbench.training.wandb_media import WandbMediaCallback
 
 log = logging.getLogger("genbench.train")
+# Lightning's advertising and notes that do not apply here (we have no validation_step on purpose, and
+# load our own checkpoints) would bury the lines that matter.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not any(s in record.getMessage() for s in ("litlogger", "weights_only"))
+)
+warnings.filterwarnings("ignore", message=".*val_dataloader.*validation_step.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 BUDGET_KEYS = ("max_steps", "max_images", "max_minutes")
+METRICS_JSON = "metrics.json"
 RUN_KEYS = ("checkpoint_every_n_steps", "checkpoint_every_n_minutes")  # ours, not Trainer arguments
 
 
@@ -77,11 +86,25 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer
     )  # fmt: skip
 
 
+def finished_record(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The record of this very run if it already completed (and was scored, when asked): nothing left to do."""
+    path = run_dir / RUN_JSON
+    if cfg.resume != "auto" or not path.exists():
+        return None
+    record = read_json(path)
+    same_budget = record.get("budget") == OmegaConf.to_container(cfg.budget)
+    scored = not cfg.evaluate or (run_dir / METRICS_JSON).exists()
+    return record if record.get("status") == "completed" and same_budget and scored else None
+
+
 def train(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.output_dir)
     fresh = not (run_dir / RUN_JSON).exists()
     try:
         resolve_budget(cfg)
+        if (done := finished_record(cfg, run_dir)) is not None:
+            log.info("%s already completed its budget (%s); nothing to do", run_dir, done["stop_reason"])
+            return done
         budget = Budget(**cfg.budget)
         check_hardware(cfg)
         ckpt_path = resume_path(cfg, run_dir)
@@ -148,7 +171,10 @@ def train(cfg: DictConfig) -> dict:
     if cfg.evaluate:
         from genbench.metrics import evaluate_model
 
-        record["metrics"] = evaluate_model(model, cfg.metrics, datamodule, sampler, run_dir=run_dir)
+        metrics = evaluate_model(model, cfg.metrics, datamodule, sampler)
+        metrics.update(ckpt=str(run_dir / "checkpoints" / "last.ckpt"), checkpoint_sha256=file_sha256(run_dir / "checkpoints" / "last.ckpt"))
+        write_json(run_dir / METRICS_JSON, metrics)
+        record["metrics"] = metrics
     if wandb_media is not None:
         wandb_media.finish(record)
     return record

@@ -22,7 +22,7 @@ import torch
 
 from genbench.errors import GenbenchError
 from genbench.metrics.cache import FeatureCache
-from genbench.metrics.evaluator import MetricsConfig, _features, images_from_datamodule, sample_images
+from genbench.metrics.evaluator import MetricsConfig, reference_features, as_sampler_kwargs, images_from_datamodule, sample_images
 from genbench.metrics.extractors import Extractor, build_extractor
 from genbench.metrics.fidelity import fid
 
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 class FIDCallback(pl.Callback):
     """Log FID against the data module's reference split while training.
 
-    ``metrics`` is the ``metrics`` config (extractor, reference split, cache); ``sampler`` the sampler options
-    passed to ``sample`` (diffusion's ``sampler``, ``steps``, ...).
+    ``metrics_cfg`` is the ``metrics`` config (extractor, reference split, cache); ``sampler_kwargs`` the sampler
+    options passed to ``sample`` (``cfg.sampler``, or diffusion's ``sampler``, ``steps``, ... as keywords).
     """
 
     def __init__(
@@ -41,18 +41,16 @@ class FIDCallback(pl.Callback):
         every_n_steps: int | None = None,
         every_n_minutes: float | None = None,
         n_samples: int = 500,
-        metrics=None,
-        sampler: dict | None = None,
+        metrics_cfg=None,
+        sampler_kwargs=None,
         seed: int = 0,
         at_end: bool = True,
     ):
         if not every_n_steps and not every_n_minutes:
             raise GenbenchError("FIDCallback needs every_n_steps or every_n_minutes (or leave callbacks.fid null)")
         self.every_n_steps, self.every_n_minutes, self.n_samples = every_n_steps, every_n_minutes, int(n_samples)
-        self.config = MetricsConfig.from_cfg(metrics)
-        self.sampler = dict(sampler or {})
-        if "name" in self.sampler:
-            self.sampler["sampler"] = self.sampler.pop("name")
+        self.config = MetricsConfig.from_cfg(metrics_cfg)
+        self.sampler = as_sampler_kwargs(sampler_kwargs)
         self.seed, self.at_end = seed, at_end
         self.extractor: Extractor | None = None
         self.reference: dict[str, torch.Tensor] | None = None
@@ -83,7 +81,7 @@ class FIDCallback(pl.Callback):
             self.config.extractor, reference.channels, pl_module.device, self.config.inception_weights, self.config.extractor_weights
         )
         cache = FeatureCache(self.config.cache_dir)
-        self.reference = _features(self.extractor, reference, cache, self.config, None, "reference")
+        self.reference = reference_features(self.extractor, reference, cache, self.config, None, "reference")
 
     def _due(self, trainer) -> bool:
         step = trainer.global_step

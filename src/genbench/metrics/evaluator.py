@@ -134,7 +134,7 @@ def progress_bar() -> Progress:
     )  # fmt: skip
 
 
-def _features(
+def reference_features(
     extractor: Extractor,
     images: ImageSet,
     cache: FeatureCache,
@@ -190,7 +190,7 @@ def evaluate_images(
     started = time.perf_counter()
     with nullcontext(progress) if progress is not None else progress_bar() as bar:
         fake_features = extractor.features(fake, config.batch_size, bar, "generated features")
-        real_features = _features(extractor, reference, cache, config, bar, "reference", memo)
+        real_features = reference_features(extractor, reference, cache, config, bar, "reference", memo)
         record = {
             "extractor": extractor.name,
             "extractor_sha256": extractor.weights_sha256,
@@ -206,8 +206,8 @@ def evaluate_images(
         )
         record["memorization"] = None
         if config.memorization and train is not None and heldout is not None:
-            train_features = _features(extractor, train, cache, config, bar, "train", memo)[extractor.feature_layer]
-            heldout_features = _features(extractor, heldout, cache, config, bar, "held-out", memo)[extractor.feature_layer]
+            train_features = reference_features(extractor, train, cache, config, bar, "train", memo)[extractor.feature_layer]
+            heldout_features = reference_features(extractor, heldout, cache, config, bar, "held-out", memo)[extractor.feature_layer]
             record.update(memorization(fake_features[extractor.feature_layer], train_features, heldout_features, config.memorization_percentile))
     record.update(
         sampler=None, sampler_steps=None, sample_seconds_per_1k=None, score_seconds=round(time.perf_counter() - started, 2),
@@ -216,7 +216,7 @@ def evaluate_images(
     return {k: record[k] for k in CONTRACT_FIELDS} | {k: v for k, v in record.items() if k not in CONTRACT_FIELDS}
 
 
-def _sampler_kwargs(sampler: DictConfig | dict | None) -> dict:
+def as_sampler_kwargs(sampler: DictConfig | dict | None) -> dict:
     """``cfg.sampler`` (name, steps, eta, guidance_scale) as ``model.sample`` keyword arguments."""
     if sampler is None:
         return {}
@@ -259,7 +259,7 @@ def evaluate_model(model, cfg_metrics, datamodule, sampler_kwargs: DictConfig | 
     """
     config = MetricsConfig.from_cfg(cfg_metrics)
     device = config.torch_device()
-    kwargs = _sampler_kwargs(sampler_kwargs)
+    kwargs = as_sampler_kwargs(sampler_kwargs)
     model = model.to(device).eval()
     log.info("sampling %d images from the %s model (%s) on %s", config.n_samples, model.family, kwargs or "no sampler options", device)
     with progress_bar() as bar:

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         "test_split": "Fashion-MNIST t10k (10,000 images)",
         "feature_dim": model.head.in_features,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "command": "python -m genbench.metrics.train_classifier " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": ("python -m genbench.metrics.train_classifier " + shlex.join(argv if argv is not None else sys.argv[1:])).strip(),
         "seed": args.seed,
         "epochs": args.epochs,
         "batch_size": args.batch_size,

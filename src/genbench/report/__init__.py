@@ -86,7 +86,7 @@ def stamp(cfg: DictConfig, runs: list[Run], summary: Summary, written: list[Path
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "report_git_commit": git_commit(),
         "run_git_commits": sorted({str(r.record.get("git_commit")) for r in runs}),
-        "hardware": sorted({json.dumps(r.record.get("hardware") or {}, sort_keys=True) for r in runs}),
+        "hardware": [json.loads(h) for h in sorted({json.dumps(r.record.get("hardware") or {}, sort_keys=True) for r in runs})],
         "runs": len(runs),
         "groups": table_rows(summary),
         "not_in_tables": excluded_lines(summary),

@@ -133,7 +133,8 @@ def sample_grids(runs: list[Run], out: Path, fig_dir: Path, rows: int, seed: int
         fig, ax = plt.subplots(figsize=(cols * 0.6, rows * 0.6 + 0.4))
         _show(ax, make_grid(images, nrow=cols))
         ax.set_title(f"{family} ({run.setting}, seed {run.seed})", fontsize=8)
-        written += save_figure(fig, fig_dir / f"samples_{family}", provenance_chunks(family, model.checkpoint_sha256, seed, **extra))
+        chunks = provenance_chunks(family, model.checkpoint_sha256, seed, **extra)
+        written += save_figure(fig, fig_dir / f"samples_{family}", chunks)
         strips.append((family, make_grid(images[:cols], nrow=cols)))
         loaded.append((run, model))
     fig, axes = plt.subplots(len(strips), 1, figsize=(8, 0.9 * len(strips) + 0.2), squeeze=False)
@@ -145,8 +146,17 @@ def sample_grids(runs: list[Run], out: Path, fig_dir: Path, rows: int, seed: int
     return written
 
 
-def ddim_figure(run: Run, fig_dir: Path, steps_list: list[int], seeds: list[int], fid_steps: list[int] | None,
-                fid_n: int, fallback_metrics: DictConfig | None, device: torch.device, notes: list[str]) -> list[Path]:  # fmt: skip
+def ddim_figure(
+    run: Run,
+    fig_dir: Path,
+    steps_list: list[int],
+    seeds: list[int],
+    fid_steps: list[int] | None,
+    fid_n: int,
+    fallback_metrics: DictConfig | None,
+    device: torch.device,
+    notes: list[str],
+) -> list[Path]:
     """Rows are seeds, columns DDIM step counts (eta 0: each row is one noise draw), beside FID against steps."""
     model, run_cfg = load(run, device)
     limit = model.schedule.num_timesteps
@@ -164,9 +174,10 @@ def ddim_figure(run: Run, fig_dir: Path, steps_list: list[int], seeds: list[int]
     curve = fid_against_steps(model, run_cfg, fid_steps, fid_n, fallback_metrics, guidance, notes) if fid_n else None
     if not fid_n:
         notes.append("DDIM figure: FID curve switched off (report.ddim_fid_n=0).")
-    fig = plt.figure(figsize=(0.75 * len(steps) + (4.2 if curve else 0.3), 0.75 * len(seeds) + 0.9))
+    fig = plt.figure(figsize=(0.75 * len(steps) + (4.6 if curve else 0.6), max(0.75 * len(seeds), 2.4) + 0.9),
+                     layout="constrained")  # fmt: skip
     widths = [0.75 * len(steps), 3.6] if curve else [1]
-    spec = fig.add_gridspec(1, len(widths), width_ratios=widths, wspace=0.25)
+    spec = fig.add_gridspec(1, len(widths), width_ratios=widths)
     ax = fig.add_subplot(spec[0, 0])
     _show(ax, grid)
     cell = grid.shape[1] / len(seeds)
@@ -179,6 +190,9 @@ def ddim_figure(run: Run, fig_dir: Path, steps_list: list[int], seeds: list[int]
         xs, ys = zip(*curve)
         ax2.plot(xs, ys, "o-", color=COLORS["diffusion"])
         ax2.set_xscale("log")
+        ax2.set_xticks(xs, [str(x) for x in xs], fontsize=7)
+        ax2.minorticks_off()
+        ax2.ticklabel_format(axis="y", useOffset=False)
         ax2.set_xlabel("DDIM steps")
         ax2.set_ylabel(f"FID ({fid_n} samples)")
         ax2.grid(alpha=0.3)
@@ -234,7 +248,8 @@ def interpolation_figure(run: Run, fig_dir: Path, pairs: int, steps: int, seed: 
     _show(ax, grid)
     ax.set_title(f"VAE latent interpolation ({run.setting}, seed {run.seed}): test image, {steps} decoded steps, test image",
                  fontsize=8)  # fmt: skip
-    return save_figure(fig, fig_dir / "vae_interpolation", provenance_chunks("vae", model.checkpoint_sha256, seed, content="interpolation"))
+    chunks = provenance_chunks("vae", model.checkpoint_sha256, seed, content="latent interpolation of test images")
+    return save_figure(fig, fig_dir / "vae_interpolation", chunks)
 
 
 def read_fid_curve(run: Run) -> list[dict]:
@@ -270,6 +285,8 @@ def compute_curves_figure(runs: list[Run], fig_dir: Path) -> list[Path]:
     fids = [r["fid"] for _, rows in curves for r in rows]
     if min(fids) > 0 and max(fids) / min(fids) > 10:
         axes[0].set_yscale("log")
+    else:
+        axes[0].ticklabel_format(axis="y", useOffset=False)
     axes[0].set_xlabel("training wall-clock (s)")
     axes[1].set_xlabel("images seen")
     axes[0].set_ylabel("FID (in-training)")

@@ -145,7 +145,8 @@ def caption(table: Table) -> str:
                        f"({(r.record.get('hardware') or {}).get('precision', '?')})" for r in runs)  # fmt: skip
     parts.append(f"Hardware: {'; '.join(hardware) or 'unknown'}.")
     commits = _unique(r.record.get("git_commit") for r in runs)
-    parts.append(f"Commit{'s' if len(commits) > 1 else ''}: {', '.join(c[:12] + ('-dirty' if c.endswith('-dirty') else '') for c in commits) or 'unknown'}.")
+    short = [c[:12] + ("-dirty" if c.endswith("-dirty") else "") for c in commits]
+    parts.append(f"Commit{'s' if len(short) > 1 else ''}: {', '.join(short) or 'unknown'}.")
     if table.protocol is not None:
         parts.append("Best in bold (lower FID, KID and memorization; higher IS, precision and recall).")
     return " ".join(parts)
@@ -233,7 +234,8 @@ def to_markdown(summary: Summary) -> str:
         head = headers(table)
         out.append(f"**Table {i}.** {table.caption}\n")
         out.append("| " + " | ".join(head) + " |")
-        out.append("|" + "|".join(["---"] + (["---"] if table.show_setting else []) + ["---:"] * (len(head) - 1 - table.show_setting)) + "|")
+        text_cols = 1 + table.show_setting  # family (and setting) left-aligned, numbers right-aligned
+        out.append("|" + "|".join(["---"] * text_cols + ["---:"] * (len(head) - text_cols)) + "|")
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells(table, "markdown")]
         out.append("")
     lines = excluded_lines(summary)
