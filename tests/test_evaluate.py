@@ -57,8 +57,10 @@ def results(work) -> dict:
 
 
 def _record(result) -> dict:
+    """The one JSON object the command prints on stdout (logs and progress go to stderr)."""
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    (line,) = result.stdout.strip().splitlines()
+    return json.loads(line)
 
 
 def test_samples_folder_against_fashion_mnist_prints_and_writes_all_fields(results, work):

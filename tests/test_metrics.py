@@ -228,3 +228,24 @@ def test_inception_offline_without_weights_is_a_user_error(monkeypatch, tmp_path
     assert build_extractor("auto", channels=1).name == FMNIST
     with pytest.raises(GenbenchError, match="unknown metrics.extractor"):
         build_extractor("nope", channels=1)
+
+
+def test_inception_from_a_local_weights_file(data, tmp_path, monkeypatch):
+    """The Inception path end to end, on randomly initialised weights saved where metrics.inception_weights points."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    with monkeypatch.context() as patch:  # build once without any download to get a state dict of the right shape
+        patch.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: {})
+        patch.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        net = tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    weights = tmp_path / "inception.pth"
+    torch.save(net.state_dict(), weights)
+    monkeypatch.setenv("GENBENCH_OFFLINE", "1")
+    cfg = {"extractor": "inception", "inception_weights": str(weights), "cache_dir": None, "kid_subsets": 5, "batch_size": 12}
+    record = evaluate_images(data["test"][:12].expand(-1, 3, -1, -1), data["test"][12:24], cfg)  # RGB vs grey
+    assert record["extractor"] == "inception-v3-compat"
+    from genbench.metrics.classifier import sha256_file
+
+    assert record["extractor_sha256"] == sha256_file(weights)
+    assert record["kid_subset_size"] == 12 and record["isc_splits"] == 1 and record["is_mean"] >= 1
+    assert np.isfinite(record["fid"])

@@ -22,7 +22,13 @@ import torch
 
 from genbench.errors import GenbenchError
 from genbench.metrics.cache import FeatureCache
-from genbench.metrics.evaluator import MetricsConfig, reference_features, as_sampler_kwargs, images_from_datamodule, sample_images
+from genbench.metrics.evaluator import (
+    MetricsConfig,
+    as_sampler_kwargs,
+    images_from_datamodule,
+    reference_features,
+    sample_images,
+)
 from genbench.metrics.extractors import Extractor, build_extractor
 from genbench.metrics.fidelity import fid
 
@@ -78,7 +84,8 @@ class FIDCallback(pl.Callback):
             raise GenbenchError("FIDCallback needs the trainer's data module (trainer.fit(model, datamodule=...))")
         reference = images_from_datamodule(datamodule, self.config.reference_split, self.config.n_reference)
         self.extractor = build_extractor(
-            self.config.extractor, reference.channels, pl_module.device, self.config.inception_weights, self.config.extractor_weights
+            self.config.extractor, reference.channels, pl_module.device, self.config.inception_weights,
+            self.config.extractor_weights,
         )
         cache = FeatureCache(self.config.cache_dir)
         self.reference = reference_features(self.extractor, reference, cache, self.config, None, "reference")
@@ -106,7 +113,9 @@ class FIDCallback(pl.Callback):
             was_training = pl_module.training
             pl_module.eval()
             try:
-                fake, _ = sample_images(pl_module, self.n_samples, self.config.batch_size, self.seed, self.sampler, pl_module.device)
+                fake, _ = sample_images(
+                    pl_module, self.n_samples, self.config.batch_size, self.seed, self.sampler, pl_module.device
+                )
             finally:
                 pl_module.train(was_training)
             features = self.extractor.features(fake, self.config.batch_size)

@@ -121,8 +121,12 @@ def images_from_datamodule(datamodule, split: str, n: int | None = None) -> Imag
             raise GenbenchError(f"asked for {n} {split} images as reference, the split holds {len(images)}")
         return images if n is None else images[:n]
 
-    fields_ = {"data": datamodule.fingerprint, "split": split, "n": n, "image_size": datamodule.image_size}
-    return ImageSet(f"{split} split ({datamodule.fingerprint})", datamodule.channels, load, fields_)
+    channels = datamodule.channels  # first: sets the data module up, which gives it its fingerprint
+    fingerprint = getattr(datamodule, "fingerprint", "")
+    count = len(datamodule.images(split))  # guards against split settings the fingerprint may not cover
+    fields_ = {"data": fingerprint, "split": split, "n": n, "count": count, "image_size": datamodule.image_size}
+    fields_ = fields_ if fingerprint else None
+    return ImageSet(f"{split} split ({fingerprint or 'unfingerprinted data'})", channels, load, fields_)
 
 
 def progress_bar() -> Progress:
@@ -152,7 +156,12 @@ def reference_features(
 
     if images.cache_fields is None:
         return compute()
-    key = {**images.cache_fields, "extractor": extractor.name, "weights_sha256": extractor.weights_sha256, "layers": extractor.layers}
+    key = {
+        **images.cache_fields,
+        "extractor": extractor.name,
+        "weights_sha256": extractor.weights_sha256,
+        "layers": extractor.layers,
+    }
     memo_key = repr(sorted(key.items()))
     if memo is not None and memo_key in memo:
         return memo[memo_key]
@@ -206,9 +215,12 @@ def evaluate_images(
         )
         record["memorization"] = None
         if config.memorization and train is not None and heldout is not None:
-            train_features = reference_features(extractor, train, cache, config, bar, "train", memo)[extractor.feature_layer]
-            heldout_features = reference_features(extractor, heldout, cache, config, bar, "held-out", memo)[extractor.feature_layer]
-            record.update(memorization(fake_features[extractor.feature_layer], train_features, heldout_features, config.memorization_percentile))
+            layer = extractor.feature_layer
+            train_features = reference_features(extractor, train, cache, config, bar, "train", memo)[layer]
+            heldout_features = reference_features(extractor, heldout, cache, config, bar, "held-out", memo)[layer]
+            record.update(
+                memorization(fake_features[layer], train_features, heldout_features, config.memorization_percentile)
+            )
     record.update(
         sampler=None, sampler_steps=None, sample_seconds_per_1k=None, score_seconds=round(time.perf_counter() - started, 2),
         cache_hits=cache.hits, cache_misses=cache.misses, metrics_config=asdict(config),
@@ -261,7 +273,7 @@ def evaluate_model(model, cfg_metrics, datamodule, sampler_kwargs: DictConfig | 
     device = config.torch_device()
     kwargs = as_sampler_kwargs(sampler_kwargs)
     model = model.to(device).eval()
-    log.info("sampling %d images from the %s model (%s) on %s", config.n_samples, model.family, kwargs or "no sampler options", device)
+    log.info("sampling %d images from the %s model (%s) on %s", config.n_samples, model.family, kwargs or "-", device)
     with progress_bar() as bar:
         fake, seconds = sample_images(model, config.n_samples, config.batch_size, config.seed, kwargs, device, bar)
         record = evaluate_images(

@@ -5,9 +5,10 @@
 adapted inside the extractor (each resizes to its own input size), and grey images are repeated to RGB for the
 extractors that need three channels, identically for generated and real images.
 
-Weights are never fetched silently from somewhere unexpected: ``inception`` uses ``metrics.inception_weights`` if
-given, else torch hub's cache, else a download; offline (no network, or ``GENBENCH_OFFLINE=1``) with neither,
-it raises :class:`GenbenchError` telling how to provide the file.
+Weights are never replaced silently: ``inception`` uses ``metrics.inception_weights`` if given, else torch hub's
+cache, else a download; offline (no network, or ``GENBENCH_OFFLINE=1``) with neither, it raises
+:class:`GenbenchError` telling how to provide the file. DINOv2 and CLIP come through torch hub the same way (CLIP
+also from ``metrics.extractor_weights``), with the same error when they cannot be had.
 """
 
 from __future__ import annotations
@@ -110,7 +111,9 @@ def resolve_name(requested: str, inception_weights: str | None, channels: int) -
         elif channels == 1:
             chosen = FMNIST
         else:
-            raise GenbenchError(f"metrics.extractor=auto found no Inception weights for these RGB images: {_how_to_get_inception()}")
+            raise GenbenchError(
+                f"metrics.extractor=auto found no Inception weights for these RGB images: {_how_to_get_inception()}"
+            )
         log.info("metrics.extractor=auto -> %s", chosen)
         return chosen
     name = ALIASES.get(requested, requested)
@@ -157,7 +160,9 @@ class Extractor:
         return images
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor, batch_size: int, progress: Progress | None = None, description: str = "features") -> dict[str, torch.Tensor]:
+    def features(
+        self, images: torch.Tensor, batch_size: int, progress: Progress | None = None, description: str = "features"
+    ) -> dict[str, torch.Tensor]:
         """Features of uint8 images, by layer name, on the CPU."""
         images = self.adapt(images)
         task = progress.add_task(description, total=len(images)) if progress is not None else None
@@ -176,11 +181,8 @@ def _load(name: str, weights: str | None, device: torch.device) -> torch_fidelit
     cls = FEATURE_EXTRACTORS_REGISTRY[name]
     layers = list(CLASSIFIER_LAYERS.get(name, (cls.get_default_feature_layer_for_metric("fid"),)))
     kwargs = {"feature_extractor_weights_path": weights, "verbose": False}
-    if weights is None and name != FMNIST and offline():
-        if name == ALIASES[INCEPTION] and inception_cache_file().is_file():
-            pass
-        else:
-            raise GenbenchError(f"no local weights for extractor {name} and GENBENCH_OFFLINE=1: {_how_to_provide(name)}")
+    if name == ALIASES[INCEPTION] and weights is None and offline() and not inception_cache_file().is_file():
+        raise GenbenchError(f"no local Inception weights and GENBENCH_OFFLINE=1: {_how_to_provide(name)}")
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a download that cannot connect fails instead of hanging
     try:
@@ -188,7 +190,9 @@ def _load(name: str, weights: str | None, device: torch.device) -> torch_fidelit
     except GenbenchError:
         raise
     except Exception as exc:  # noqa: BLE001 - download, hub and unpickling errors all mean "weights unavailable"
-        raise GenbenchError(f"cannot load weights for extractor {name} ({type(exc).__name__}: {exc}): {_how_to_provide(name)}") from exc
+        raise GenbenchError(
+            f"cannot load weights for extractor {name} ({type(exc).__name__}: {exc}): {_how_to_provide(name)}"
+        ) from exc
     finally:
         socket.setdefaulttimeout(previous)
     return module.to(device)
@@ -198,11 +202,20 @@ def _how_to_provide(name: str) -> str:
     if name == ALIASES[INCEPTION]:
         return _how_to_get_inception()
     if name.startswith("clip"):
-        return f"pass metrics.extractor_weights=PATH to the CLIP TorchScript file, or fill torch hub's cache ({torch.hub.get_dir()}) while online"
+        return (
+            "pass metrics.extractor_weights=PATH to the CLIP TorchScript file, "
+            f"or fill torch hub's cache ({torch.hub.get_dir()}) while online"
+        )
     return f"fill torch hub's cache ({torch.hub.get_dir()}) while online, or choose another metrics.extractor"
 
 
-def build_extractor(requested: str, channels: int, device: torch.device | str = "cpu", inception_weights: str | None = None, extractor_weights: str | None = None) -> Extractor:
+def build_extractor(
+    requested: str,
+    channels: int,
+    device: torch.device | str = "cpu",
+    inception_weights: str | None = None,
+    extractor_weights: str | None = None,
+) -> Extractor:
     """Build the extractor named by ``metrics.extractor`` for images with ``channels`` channels."""
     device = torch.device(device)
     name = resolve_name(requested, inception_weights, channels)

@@ -79,7 +79,9 @@ def _progress() -> Progress:
     )
 
 
-def train(root: Path, epochs: int, seed: int, batch_size: int, lr: float, width: int, junk_every: int) -> tuple[FashionClassifier, float, float]:
+def train(
+    root: Path, epochs: int, seed: int, batch_size: int, lr: float, width: int, junk_every: int
+) -> tuple[FashionClassifier, float, float]:
     """Train from scratch; returns the model (eval mode), its test accuracy and the training seconds."""
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--junk-every", type=int, default=8, help="one junk image per this many real ones")
     parser.add_argument("--root", default=None, help="folder of Fashion-MNIST IDX .gz files (default: Debian's)")
     parser.add_argument("--out", default=str(ASSETS), help="folder for fmnist_classifier.pt/.json")
-    args = parser.parse_args(argv)
+    given = argv if argv is not None else sys.argv[1:]
+    args = parser.parse_args(given)
     root = find_root(args.root)
     if root is None:
         raise GenbenchError("Fashion-MNIST IDX files not found: pass --root DIR (a folder holding the four .gz files)")
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         "test_split": "Fashion-MNIST t10k (10,000 images)",
         "feature_dim": model.head.in_features,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "command": ("python -m genbench.metrics.train_classifier " + shlex.join(argv if argv is not None else sys.argv[1:])).strip(),
+        "command": " ".join(["python -m genbench.metrics.train_classifier", *map(shlex.quote, given)]),
         "seed": args.seed,
         "epochs": args.epochs,
         "batch_size": args.batch_size,

@@ -11,9 +11,31 @@ from typing import ClassVar, Sequence
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from genbench.errors import GenbenchError
+
+
+def ema_with_warmup(decay: float):
+    """EMA whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates.
+
+    A fixed 0.999 would keep ~60% of the random initial weights after 500 steps, which is all a
+    short CPU budget gives; the ramp (as in TensorFlow's ExponentialMovingAverage with num_updates)
+    lets short runs sample from trained weights while long runs get the full decay.
+    """
+
+    @torch.no_grad()
+    def update(ema_params, current_params, num_averaged):
+        n = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        floats = [(e, c) for e, c in zip(ema_params, current_params) if e.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([e for e, _ in floats], [c for _, c in floats], weight)
+        for e, c in zip(ema_params, current_params):
+            if not e.is_floating_point():  # counters such as BatchNorm's num_batches_tracked
+                e.copy_(c)
+
+    return update
 
 
 class Diverged(RuntimeError):
@@ -55,7 +77,7 @@ class GenerativeModule(pl.LightningModule):
 
     def setup_ema(self) -> None:
         """Call at the end of a subclass's ``__init__``, once the sampling network exists."""
-        self.ema = AveragedModel(self.sampling_network(), multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
+        self.ema = AveragedModel(self.sampling_network(), multi_avg_fn=ema_with_warmup(self.ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

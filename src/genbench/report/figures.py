@@ -166,6 +166,7 @@ def ddim_figure(
     guidance = sampler_kwargs(run_cfg)["guidance_scale"]
     cells = []
     for seed in seeds:
+        log.info("DDIM grid: seed %s, %s steps", seed, ", ".join(map(str, steps)))
         label = None if model.num_classes is None else torch.tensor([int(seed) % model.num_classes])
         for k in steps:
             cells.append(draw(model, 1, seed, {"sampler": "ddim", "steps": k, "eta": 0.0, "guidance_scale": guidance}, label))

@@ -54,12 +54,13 @@ class SampleGridCallback(pl.Callback):
 
     def save(self, pl_module) -> Path:
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        labels = None
-        if pl_module.num_classes:
-            labels = torch.arange(self.n) % pl_module.num_classes
+        labels, n = None, self.n
+        if pl_module.num_classes:  # one column per class, whole rows only
+            n = -(-self.n // pl_module.num_classes) * pl_module.num_classes
+            labels = torch.arange(n) % pl_module.num_classes
         was_training = pl_module.training
         pl_module.eval()
-        images = pl_module.sample(self.n, labels=labels, generator=generator, **self.sampler)
+        images = pl_module.sample(n, labels=labels, generator=generator, **self.sampler)
         pl_module.train(was_training)
         nrow = pl_module.num_classes or 8
         path = self.dir / f"step_{self.budget.steps:06d}.png"
