@@ -158,6 +158,8 @@ class FamilyContract:
         """samples/step_N.png is the run's seed and sampler applied to the checkpoint, pixel for pixel."""
         loaded, cfg = load_checkpoint(trained.run_dir / "checkpoints" / "last.ckpt")
         n = cfg.callbacks.sample_grid.n
+        if loaded.num_classes:  # the grid rounds up to whole rows of one column per class
+            n = -(-n // loaded.num_classes) * loaded.num_classes
         labels = torch.arange(n) % loaded.num_classes if loaded.num_classes else None
         images = loaded.sample(n, labels=labels, generator=generator(cfg.seed), sampler=cfg.sampler.name,
                                steps=cfg.sampler.steps, eta=cfg.sampler.eta,

@@ -247,5 +247,5 @@ def test_inception_from_a_local_weights_file(data, tmp_path, monkeypatch):
     from genbench.metrics.classifier import sha256_file
 
     assert record["extractor_sha256"] == sha256_file(weights)
-    assert record["kid_subset_size"] == 12 and record["isc_splits"] == 1 and record["is_mean"] >= 1
+    assert record["kid_subset_size"] == 12 and record["isc_splits"] == 1 and record["is_mean"] >= 1 - 1e-6
     assert np.isfinite(record["fid"])
