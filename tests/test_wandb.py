@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ def wandb_records(path: Path) -> list:
             pos += BLOCK - pos % BLOCK
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):  # still being written
+            break
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (FULL, FIRST):
             pending = chunk
@@ -52,11 +55,24 @@ def _items(items) -> dict:
     return out
 
 
+def finished_records(folder: Path, timeout: float = 60.0) -> list:
+    """The records of an offline run once its log holds the final ``exit`` record.
+
+    ``run.finish()`` can return before wandb's service process has flushed the whole log to disk.
+    """
+    (log_file,) = folder.glob("run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(log_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def read_offline_run(folder: Path) -> dict:
     """history rows, final summary, config keys, group and job type of one offline run folder."""
-    (log_file,) = folder.glob("run-*.wandb")
     out = {"history": [], "summary": {}, "config": {}, "group": None, "job_type": None}
-    for record in wandb_records(log_file):
+    for record in finished_records(folder):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             out["history"].append(_items(record.history.item))

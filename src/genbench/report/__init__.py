@@ -31,11 +31,10 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
-def draw_figures(runs: list[Run], cfg: DictConfig, out: Path, notes: list[str]) -> list[Path]:
+def draw_figures(runs: list[Run], cfg: DictConfig, out: Path, device, notes: list[str]) -> list[Path]:
     """Every figure that is switched on and can be drawn; one that cannot becomes a note, never a failure of the report."""
     r = cfg.report
     fig_dir = out / "figures"
-    device = fig.pick_device(r.device)
     chosen = fig.first_seed_runs(runs)
     def ddim() -> list[Path]:
         if "diffusion" not in chosen:
@@ -98,6 +97,7 @@ def stamp(cfg: DictConfig, runs: list[Run], summary: Summary, written: list[Path
 def report(cfg: DictConfig) -> dict:
     sweep, out = Path(cfg.sweep).expanduser(), Path(cfg.out).expanduser()
     runs = find_runs(sweep)
+    device = fig.pick_device(cfg.report.device)  # bad input fails here, before anything is written
     missing = missing_jobs(sweep, runs)
     log.info("%d runs under %s (%s)%s", len(runs), sweep, ", ".join(f"{r.family}/{r.seed}:{r.status}" for r in runs),
              f"; {len(missing)} sweep job(s) left no run.json" if missing else "")  # fmt: skip
@@ -105,6 +105,7 @@ def report(cfg: DictConfig) -> dict:
     notes = list(summary.notes)
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").unlink(missing_ok=True)  # written last: it marks a finished report, never a stale one
     markdown = to_markdown(summary)
     written = [
         write_text(out / "table.md", markdown),
@@ -112,7 +113,7 @@ def report(cfg: DictConfig) -> dict:
         write_text(out / "table.csv", to_csv(table_rows(summary))),
         write_text(out / "runs.csv", to_csv(run_rows(runs))),
     ]
-    written += draw_figures(runs, cfg, out, notes)
+    written += draw_figures(runs, cfg, out, device, notes)
     for note in notes[len(summary.notes) :]:
         log.info("note: %s", note)
     record = stamp(cfg, runs, summary, written, notes)

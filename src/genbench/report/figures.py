@@ -65,6 +65,10 @@ def plot_provenance(runs: list[Run], what: str) -> dict[str, str]:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise GenbenchError(f"report.device={name} but no CUDA GPU is visible; use report.device=cpu or auto")
+    if name not in ("cpu",) and not str(name).startswith("cuda"):
+        raise GenbenchError(f"report.device={name}; expected auto, cpu or cuda")
     return torch.device(name)
 
 
