@@ -19,35 +19,11 @@ import hydra
 from hydra._internal import utils as hydra_utils
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
-from genbench.errors import GenbenchError
+from genbench.errors import user_error_message
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-_USER_ERRORS = (
-    GenbenchError,
-    ConfigCompositionException,
-    MissingConfigException,
-    OverrideParseException,
-    OmegaConfBaseException,
-)
-
-
-def _user_error_message(exc: BaseException) -> str | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, _USER_ERRORS):
-            text = str(seen)
-            if isinstance(seen, ConfigCompositionException) and isinstance(seen.__cause__, OmegaConfBaseException):
-                text = f"{text} {seen.__cause__}"
-            text = text.split("Config search path")[0]  # Hydra's search-path dump helps nobody here
-            return " ".join(text.replace("\t", " ").split())
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def _make_reporter(original: Callable) -> Callable:
     def run_and_report(func: Callable):
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -55,7 +31,7 @@ def _make_reporter(original: Callable) -> Callable:
         try:
             return func()
         except Exception as exc:  # noqa: BLE001 - anything not ours goes back to Hydra's reporter
-            message = _user_error_message(exc)
+            message = user_error_message(exc)
             if message is None:
                 return original(lambda: (_ for _ in ()).throw(exc))
             print(f"genbench: error: {message}", file=sys.stderr)
@@ -75,7 +51,7 @@ def _single_run_exits(task: Callable[[DictConfig], object]) -> Callable[[DictCon
         try:
             return task(cfg)
         except Exception as exc:  # noqa: BLE001 - filtered below
-            message = _user_error_message(exc)
+            message = user_error_message(exc)
             multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
             if message is None or multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise

@@ -20,17 +20,22 @@ def fail(message: str) -> "NoReturn":  # noqa: F821 - typing only
     sys.exit(2)
 
 
-def _is_user_error(exc: BaseException) -> str | None:
-    """Return a message when ``exc`` (or its cause chain) is a user error, else None."""
+def user_error_message(exc: BaseException) -> str | None:
+    """One line for a user error anywhere in ``exc``'s cause chain (ours, Hydra's or OmegaConf's), else None."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    seen = exc
+    user_errors_ = (GenbenchError, ConfigCompositionException, MissingConfigException, OverrideParseException,
+                    OmegaConfBaseException)  # fmt: skip
+    seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, GenbenchError):
-            return str(seen)
+        if isinstance(seen, user_errors_):
+            text = str(seen)
+            if isinstance(seen, ConfigCompositionException) and isinstance(seen.__cause__, OmegaConfBaseException):
+                text = f"{text} {seen.__cause__}"
+            text = text.split("Config search path")[0]  # Hydra's search-path dump helps nobody here
+            return " ".join(text.replace("\t", " ").split())
         seen = seen.__cause__ or seen.__context__
-    if isinstance(exc, OmegaConfBaseException):
-        return " ".join(str(exc).split())
     return None
 
 
@@ -45,7 +50,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - we filter below
-            message = _is_user_error(exc)
+            message = user_error_message(exc)
             if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             fail(message)

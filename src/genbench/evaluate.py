@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genbench.cli import hydra_entry
-from genbench.errors import GenbenchError, user_errors
+from genbench.errors import GenbenchError
 from genbench.metrics import evaluate_images, evaluate_model, images_from_datamodule, images_from_path
 
 log = logging.getLogger("genbench.evaluate")
@@ -108,8 +108,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return record
 
 
-# user_errors inside Hydra: a GenbenchError ends the job with the contract line before Hydra reports it.
-main = hydra_entry(user_errors(evaluate), "eval")
+main = hydra_entry(evaluate, "eval")
 
 if __name__ == "__main__":
     main()
