@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from genbench.errors import GenbenchError
 from genbench.metrics.callback import FIDCallback
+from genbench.training.budget import Budget, BudgetCallback
 
 
 class _Data(pl.LightningDataModule):
@@ -65,6 +66,40 @@ def test_fid_callback_logs_fid_wall_clock_and_images_seen(tmp_path):
     wall = [float(r["wall_clock_s"]) for r in rows]
     assert wall == sorted(wall) and wall[0] >= 0
     assert all(float(r["fid"]) >= 0 for r in rows)
+
+
+class _TwoOptimizerModel(_Model):
+    """Two optimizer steps per batch, as a GAN makes: Lightning's global_step runs twice as fast as batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        self.images_seen += len(batch[0])
+        for optimizer in self.optimizers():
+            optimizer.zero_grad()
+            self.manual_backward((self.scale - 1) ** 2)
+            optimizer.step()
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.SGD(self.parameters(), lr=0.1)]
+
+
+def test_fid_callback_counts_batches_not_optimizer_steps(tmp_path):
+    """Every family's curve gets its points at the same images seen, whatever its optimizer steps per batch."""
+    callback = FIDCallback(
+        every_n_steps=2, n_samples=40, metrics_cfg={"extractor": "fmnist_classifier", "cache_dir": str(tmp_path / "cache")}
+    )
+    budget = BudgetCallback(Budget(max_steps=4))
+    trainer = pl.Trainer(
+        max_epochs=-1, callbacks=[budget, callback], logger=False, accelerator="cpu", enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(_TwoOptimizerModel(), datamodule=_Data())
+    assert trainer.global_step == 8
+    assert [h["step"] for h in callback.history] == [2, 4]
+    assert [h["images_seen"] for h in callback.history] == [16.0, 32.0]
 
 
 def test_fid_callback_needs_a_schedule():

@@ -47,6 +47,27 @@ def test_max_minutes_on_the_command_line_replaces_the_default_budget(tmp_path):
     assert OmegaConf.load(run_dir / "config.yaml").budget.max_steps is None
 
 
+@pytest.mark.parametrize(
+    "budget, spent, expected",
+    [
+        (dict(max_steps=10), dict(steps=3), "Epoch 2 · budget 3/10 batches"),
+        (dict(max_images=240000), dict(images=12800), "Epoch 2 · budget 12,800/240,000 images"),
+        (dict(max_minutes=3.0), dict(train_seconds=90.0), "Epoch 2 · budget 1.5/3 min"),
+    ],
+)
+def test_progress_bar_tells_how_much_of_the_budget_is_spent(budget, spent, expected):
+    """Runs have max_epochs=-1 (budgets stop them); the bar's epoch line shows the budget, not "Epoch 2/-2"."""
+    from genbench.training.budget import Budget, BudgetCallback
+    from genbench.training.callbacks import BudgetProgressBar
+
+    budget_cb = BudgetCallback(Budget(**budget))
+    for key, value in spent.items():
+        setattr(budget_cb, key, value)
+    bar = BudgetProgressBar()
+    bar._trainer = SimpleNamespace(callbacks=[budget_cb])
+    assert bar._get_train_description(2) == expected
+
+
 def test_two_budget_keys_in_a_composed_config_are_refused(tmp_path):
     # Outside a command line nothing nulls the default max_steps, so this config holds two budgets.
     with pytest.raises(GenbenchError, match="exactly one of budget"):

@@ -1,6 +1,6 @@
 """FID during training, for FID-against-compute curves.
 
-Every ``every_n_steps`` optimizer steps and/or every ``every_n_minutes`` of training, and once at the end, the
+Every ``every_n_steps`` training batches and/or every ``every_n_minutes`` of training, and once at the end, the
 callback samples ``n_samples`` images from ``pl_module.sample`` (the same noise each time, balanced labels for
 conditional models), scores them against the cached reference features of ``trainer.datamodule`` with the one
 evaluator's extractor, and logs ``fid``, ``wall_clock_s`` (training seconds, FID time excluded), ``images_seen``
@@ -90,8 +90,14 @@ class FIDCallback(pl.Callback):
         cache = FeatureCache(self.config.cache_dir)
         self.reference = reference_features(self.extractor, reference, cache, self.config, None, "reference")
 
+    def _batches(self, trainer) -> int:
+        """Training batches so far: the budget's count when there is one (a GAN makes two optimizer steps per
+        batch, so Lightning's global_step would put its FID points twice as close as the other families')."""
+        budget = self._budget(trainer)
+        return budget.steps if budget is not None else trainer.global_step
+
     def _due(self, trainer) -> bool:
-        step = trainer.global_step
+        step = self._batches(trainer)
         if step == self._last_step:
             return False
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
@@ -122,7 +128,7 @@ class FIDCallback(pl.Callback):
             value = fid(features, self.reference, self.extractor.feature_layer)
         self._fid_seconds += time.perf_counter() - started
         self._last_eval_time = wall_clock
-        self._last_step = trainer.global_step
+        self._last_step = self._batches(trainer)
         metrics = {
             "fid": value,
             "wall_clock_s": wall_clock,
@@ -131,8 +137,8 @@ class FIDCallback(pl.Callback):
         }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        self.history.append({"step": trainer.global_step, **metrics})
-        log.info("step %d: fid %.3f (%s, %d samples)", trainer.global_step, value, self.extractor.name, self.n_samples)
+        self.history.append({"step": self._last_step, **metrics})
+        log.info("batch %d: fid %.3f (%s, %d samples)", self._last_step, value, self.extractor.name, self.n_samples)
         return metrics
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -142,5 +148,5 @@ class FIDCallback(pl.Callback):
             self.measure(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.at_end and trainer.is_global_zero and trainer.global_step != self._last_step:
+        if self.at_end and trainer.is_global_zero and self._batches(trainer) != self._last_step:
             self.measure(trainer, pl_module)

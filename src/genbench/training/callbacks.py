@@ -1,4 +1,4 @@
-"""Callbacks every run gets: the run record and the fixed-noise sample grid."""
+"""Callbacks every run gets: the run record, the fixed-noise sample grid and a budget-aware progress bar."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import RichProgressBar
 
 from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
 from genbench.training.budget import BudgetCallback
@@ -77,3 +78,24 @@ class SampleGridCallback(pl.Callback):
         if trainer.is_global_zero:
             with self.budget.paused():
                 self.save(pl_module)
+
+
+class BudgetProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, its epoch line telling how much of the budget is spent.
+
+    Runs train with ``max_epochs=-1`` because budgets stop them, so the stock line reads "Epoch 3/-2".
+    Lightning has no public hook for that line; ``_get_train_description`` is where the rich bar builds it.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        budget = next((cb for cb in self.trainer.callbacks if isinstance(cb, BudgetCallback)), None)
+        if budget is None:
+            return super()._get_train_description(current_epoch)
+        b = budget.budget
+        if b.max_steps is not None:
+            spent = f"{budget.steps:,}/{b.max_steps:,} batches"
+        elif b.max_images is not None:
+            spent = f"{budget.images:,}/{b.max_images:,} images"
+        else:
+            spent = f"{budget.train_seconds / 60:.1f}/{b.max_minutes:g} min"
+        return f"Epoch {current_epoch} · budget {spent}"
