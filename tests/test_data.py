@@ -66,6 +66,12 @@ def test_validation_split_is_seeded(cache_dir):
     assert torch.equal(a.images("val"), b.images("val"))
     assert not torch.equal(a.images("val"), c.images("val"))
     assert torch.equal(a.images("test"), c.images("test"))  # the reference never moves
+    # ...so its fingerprint (feature caches, metrics.json's reference) is shared by every seed, while the val
+    # split's is not, and val_size counts as much as the seed
+    assert a.split_fingerprint("test") == c.split_fingerprint("test")
+    assert a.split_fingerprint("val") == b.split_fingerprint("val") != c.split_fingerprint("val")
+    d = ImageDataModule(cache_dir=cache_dir, seed=0, val_size=600)
+    assert d.split_fingerprint("val") != a.split_fingerprint("val")
 
 
 @needs_fmnist

@@ -117,7 +117,8 @@ class ImageDataModule(pl.LightningDataModule):
             "val": (train_images[val_idx], pick(train_labels, val_idx)),
             "test": arrays["test"],
         }
-        self.fingerprint = f"{self.spec.source}-{key}-seed{self.seed}-subset{self.subset}"
+        self._source_key = f"{self.spec.source}-{key}"
+        self.fingerprint = f"{self._source_key}-seed{self.seed}-val{self.val_size}-subset{self.subset}"
         log.info(
             "data %s: train %d, val %d, test %d images of %s, classes: %s",
             self.spec.source, len(fit_idx), n_val, len(arrays["test"][0]), tuple(train_images.shape[1:]), self.class_names,
@@ -127,6 +128,15 @@ class ImageDataModule(pl.LightningDataModule):
     def _need(self) -> None:
         if not self._splits:
             self.setup()
+
+    def split_fingerprint(self, split: str) -> str:
+        """What a split's images depend on, for feature caches and metrics' reference names.
+
+        The test split depends only on the source (it is never reshuffled), so every seed of a sweep shares one
+        reference; train and val move with the seed, val_size and subset.
+        """
+        self._need()
+        return f"{self._source_key}-test" if split == "test" else f"{self.fingerprint}-{split}"
 
     def images(self, split: str) -> torch.Tensor:
         self._need()

@@ -122,7 +122,10 @@ def images_from_datamodule(datamodule, split: str, n: int | None = None) -> Imag
         return images if n is None else images[:n]
 
     channels = datamodule.channels  # first: sets the data module up, which gives it its fingerprint
-    fingerprint = getattr(datamodule, "fingerprint", "")
+    if hasattr(datamodule, "split_fingerprint"):
+        fingerprint = datamodule.split_fingerprint(split)
+    else:  # a plain data module with one fingerprint for all its splits
+        fingerprint = getattr(datamodule, "fingerprint", "")
     count = len(datamodule.images(split))  # guards against split settings the fingerprint may not cover
     fields_ = {"data": fingerprint, "split": split, "n": n, "count": count, "image_size": datamodule.image_size}
     fields_ = fields_ if fingerprint else None

@@ -63,8 +63,9 @@ class Run:
     def protocol(self) -> tuple | None:
         """What makes metrics comparable: the same extractor (and weights), sample counts and reference images.
 
-        The evaluator names the reference by the data fingerprint, which carries the run's data seed; that seed
-        only shuffles the train/val split, so it is dropped here: seeds of one study share one protocol.
+        The evaluator names the reference by its split's fingerprint. The test split's carries no seed; a val
+        split's (and older records' test split's) carries the run's data seed, which only reshuffles the train/val
+        split, so it is dropped here: seeds of one study share one protocol.
         """
         if not self.metrics:
             return None
