@@ -120,13 +120,18 @@ def test_bad_schedule_names_are_refused_with_the_valid_ones():
         NoiseSchedule(prediction="x0")
 
 
-def test_spaced_timesteps_are_even_distinct_and_span_the_chain():
+def test_spaced_timesteps_are_even_distinct_and_start_from_pure_noise():
     assert spaced_timesteps(T, T) == list(range(T - 1, -1, -1))
     assert spaced_timesteps(T, 1) == [T - 1]
-    for steps in range(2, 101):
+    assert spaced_timesteps(1000, 2) == [999, 499]  # not [999, 0]: that second step would be a near no-op
+    assert spaced_timesteps(1000, 4) == [999, 749, 499, 249]
+    for steps in range(1, 101):
         ts = spaced_timesteps(100, steps)
-        assert len(ts) == steps and ts[0] == 99 and ts[-1] == 0
+        assert len(ts) == steps and ts[0] == 99
+        assert ts[-1] == round(100 / steps) - 1 or abs(ts[-1] - (100 / steps - 1)) <= 0.5  # last stride ends at 0
         assert all(a > b for a, b in zip(ts, ts[1:]))
+        strides = [a - b for a, b in zip(ts, ts[1:])]
+        assert not strides or max(strides) - min(strides) <= 1  # even
 
 
 @pytest.mark.parametrize(
