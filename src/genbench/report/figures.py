@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a window
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
@@ -294,6 +295,7 @@ def compute_curves_figure(runs: list[Run], fig_dir: Path) -> list[Path]:
         axes[0].ticklabel_format(axis="y", useOffset=False)
     axes[0].set_xlabel("training wall-clock (s)")
     axes[1].set_xlabel("images seen")
+    axes[1].xaxis.set_major_formatter(EngFormatter(sep=""))  # 150k, 6M: full counts overlap
     axes[0].set_ylabel("FID (in-training)")
     for ax in axes:
         ax.grid(alpha=0.3)
