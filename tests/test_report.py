@@ -209,3 +209,28 @@ def test_ddim_plot_fid_curve_and_compute_curves_from_a_diffusion_run(tmp_path, f
     chunks = read_png_text(figures / "ddim_steps.png")
     assert chunks["AI-generated"] == "true" and chunks["genbench:family"] == "diffusion" and chunks["genbench:sampler"] == "ddim"
     assert not [n for n in stamp["notes"] if "ddim" in n.lower() or "compute" in n]
+
+
+def test_git_stamp_is_dirty_for_code_changes_only(tmp_path):
+    """Regenerating committed results rewrites tracked files; that must not mark the runs' commit dirty."""
+    import subprocess
+
+    from genbench.training.record import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)  # fmt: skip
+
+    for name in ("src/genbench/x.py", "conf/train.yaml", "results/demo/table.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "c")
+    where = tmp_path / "src" / "genbench"
+    clean = git_commit(where)
+    assert clean and len(clean) == 40
+    (tmp_path / "results" / "demo" / "table.md").unlink()
+    assert git_commit(where) == clean
+    (tmp_path / "conf" / "train.yaml").write_text("v2\n")
+    assert git_commit(where) == clean + "-dirty"

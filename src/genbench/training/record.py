@@ -18,15 +18,20 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def git_commit() -> str | None:
+# What makes a run: a change here marks the commit "-dirty". Results, runs and docs are left out, so regenerating
+# the committed results/ (which overwrites tracked files) does not taint the stamp of the runs that made them.
+CODE_PATHS = (":/src", ":/conf", ":/pyproject.toml", ":/constraints.txt")
+
+
+def git_commit(where: Path | None = None) -> str | None:
+    """HEAD of the checkout genbench runs from, with "-dirty" when its code or configs differ from HEAD."""
+    where = where or Path(__file__).parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
         commit = out.stdout.strip() if out.returncode == 0 else None
         if commit:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
-                                   capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+                                   cwd=where, capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
             return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
