@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from genbench.diffusion.schedule import NoiseSchedule
+from genbench.noise import randn_like
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -96,7 +97,7 @@ class DDPMSampler(Sampler):
         variance = beta * (1 - alpha_bar_prev) / (1 - alpha_bar)  # beta-tilde, Ho eq. 7; zero on the last step
         if variance == 0:
             return mean
-        return mean + variance**0.5 * _randn_like(x_t, generator)
+        return mean + variance**0.5 * randn_like(x_t, generator)
 
 
 class DDIMSampler(DDPMSampler):
@@ -114,14 +115,10 @@ class DDIMSampler(DDPMSampler):
         x = alpha_bar_prev**0.5 * x0 + max(1 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma == 0:
             return x
-        return x + sigma * _randn_like(x_t, generator)
+        return x + sigma * randn_like(x_t, generator)
 
     def __repr__(self) -> str:
         return f"DDIMSampler(steps={self.steps}, eta={self.eta}, clip_denoised={self.clip_denoised})"
-
-
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def _maybe_progress(timesteps: list[int], progress: bool, name: str) -> Iterable[int]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from genbench import noise
 from genbench.errors import GenbenchError
 
 
@@ -125,8 +126,7 @@ class GenerativeModule(pl.LightningModule):
                 raise GenbenchError(f"this {self.family} model is unconditional; it takes no labels")
             return None
         if labels is None:
-            draw = torch.randint(self.num_classes, (n,), generator=generator, device=generator.device if generator else "cpu")
-            return draw.to(self.device)
+            return noise.randint(self.num_classes, n, generator, self.device)
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()
         if labels.numel() == 1:
             labels = labels.expand(n)
@@ -136,10 +136,10 @@ class GenerativeModule(pl.LightningModule):
             raise GenbenchError(f"labels must lie in [0, {self.num_classes - 1}]")
         return labels.to(self.device)
 
-    def randn(self, *shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Gaussian noise on this module's device, drawn from ``generator`` wherever that lives."""
-        where = generator.device if generator is not None else self.device
-        return torch.randn(*shape, generator=generator, device=where).to(self.device)
+    def randn(self, *shape: int, generator: noise.Noise = None) -> torch.Tensor:
+        """Gaussian noise on this module's device, from ``generator``: per-image streams (:class:`IndexedNoise`),
+        a ``torch.Generator`` wherever it lives, or the global RNG."""
+        return noise.randn(shape, generator, self.device)
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, generator: torch.Generator | None = None, **sampler_kwargs) -> torch.Tensor:
