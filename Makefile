@@ -19,7 +19,7 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
 	@touch $(STAMP)
 
 data: ## install Debian's dataset-fashion-mnist when apt is usable as root (skipped quietly otherwise)

@@ -1,8 +1,11 @@
-"""Ancestral (DDPM) and implicit (DDIM) samplers over an evenly spaced subsequence of the schedule's timesteps.
+"""Ancestral (DDPM) and implicit (DDIM) samplers, and the loop every sampler shares.
 
 A sampler needs only ``model_fn(x_t, t) -> output`` (t a LongTensor[N]) and the ``NoiseSchedule`` the model
-was trained with, and makes exactly ``steps`` calls to ``model_fn``. ``guided`` turns a class-conditional
-U-Net into such a ``model_fn`` with classifier-free guidance.
+was trained with; the schedule's parameterisation turns the output into a denoised estimate (the EDM
+"denoiser" D(x_t, t), Karras et al. 2022 sec. 2), which is all a sampler's update sees. ``guided`` turns a
+class-conditional U-Net into such a ``model_fn`` with classifier-free guidance. The ODE solvers (Euler,
+Heun, DPM-Solver++) are in :mod:`genbench.diffusion.solvers`, the names the config uses in
+:mod:`genbench.diffusion.registry`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ from genbench.diffusion.schedule import NoiseSchedule
 from genbench.noise import randn_like
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
+Denoiser = Callable[[Tensor, int], tuple[Tensor, Tensor]]
+
+# Where sampling starts: None is T-1. ``sigma_max`` (in sigma = sqrt((1 - alpha_bar) / alpha_bar)) can start it lower,
+# as Karras et al. 2022 (EDM, sec. 5) start at sigma = 80. The cosine schedule's T-1 has sigma ~ 20,000 (alpha_bar
+# 2.4e-9: its last beta is clipped at 0.999), where an eps-network's x_0 = (x_t - sqrt(1 - alpha_bar) eps) /
+# sqrt(alpha_bar) multiplies its error by 20,000. Measured (results/sampler_steps/README.md): starting at sigma 80
+# or 700 instead changes DDIM's FID by less than its noise, so the default keeps the whole schedule.
+DEFAULT_SIGMA_MAX: float | None = None
 
 
 def spaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
@@ -35,20 +46,54 @@ def spaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
     return [int(num_timesteps - i * stride + 0.5) - 1 for i in range(steps)]
 
 
-class Sampler:
-    """The shared loop: predict (x_0, eps) at each timestep of the subsequence, then ``step`` to the next one."""
+def first_timestep(schedule: NoiseSchedule, sigma_max: float | None) -> int:
+    """The noisiest timestep a sampler starts from: T-1, or the last one whose sigma is <= ``sigma_max``."""
+    if sigma_max is None:
+        return schedule.num_timesteps - 1
+    if not sigma_max > 0:
+        raise ValueError(f"sigma_max must be > 0 (or null: start at T-1), got {sigma_max}")
+    allowed = (schedule.sigmas.double() <= sigma_max).nonzero()
+    if len(allowed) == 0:
+        raise ValueError(f"sigma_max={sigma_max} is below every sigma of the schedule (smallest {schedule.sigmas[0]:.3g})")
+    return int(allowed.max())
 
-    def __init__(self, steps: int, clip_denoised: bool = True) -> None:
+
+class Sampler:
+    """The shared loop: denoise at each timestep of the subsequence, then ``step`` to the next one.
+
+    ``sigma_max`` caps where the subsequence starts (None: at T-1), ``clip_denoised`` clamps each x_0 estimate
+    to the data range [-1, 1]. ``nfe`` is the number of network evaluations one sample costs.
+    """
+
+    def __init__(self, steps: int, clip_denoised: bool = True, sigma_max: float | None = DEFAULT_SIGMA_MAX) -> None:
         if steps < 1:
             raise ValueError(f"sampler steps must be >= 1, got {steps}")
         self.steps = steps
         self.clip_denoised = clip_denoised
+        self.sigma_max = sigma_max
 
-    def step(
-        self, x_t: Tensor, x0: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: float, generator
-    ) -> Tensor:
-        """x at the next (less noisy) timestep of the subsequence, whose alpha_bar is ``alpha_bar_prev``."""
-        raise NotImplementedError
+    @property
+    def nfe(self) -> int:
+        return self.steps
+
+    def timesteps(self, schedule: NoiseSchedule) -> list[int]:
+        """Trailing spacing (``spaced_timesteps``) over 0 .. ``first_timestep``."""
+        return spaced_timesteps(first_timestep(schedule, self.sigma_max) + 1, self.steps)
+
+    def denoiser(self, model_fn: ModelFn, schedule: NoiseSchedule) -> Denoiser:
+        """D(x_t, t) -> (x_0, eps) estimates: the parameterisation and the clipping live here, not in the updates."""
+        alphas_cumprod = schedule.alphas_cumprod.double().cpu()
+
+        def denoise(x: Tensor, t: int) -> tuple[Tensor, Tensor]:
+            t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+            x0, eps = schedule.predict_x0_eps(model_fn(x, t_batch).float(), x, t_batch)
+            if self.clip_denoised:
+                alpha_bar = alphas_cumprod[t].item()
+                x0 = x0.clamp(-1, 1)
+                eps = (x - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5  # the eps consistent with the clipped x_0
+            return x0, eps
+
+        return denoise
 
     @torch.no_grad()
     def __call__(
@@ -56,26 +101,35 @@ class Sampler:
         model_fn: ModelFn,
         schedule: NoiseSchedule,
         noise: Tensor,
-        generator: torch.Generator | None = None,
+        generator=None,
         progress: bool = False,
     ) -> Tensor:
-        """Denoise ``noise`` (x_T ~ N(0, I)) into samples in [-1, 1]; ``generator`` drives any fresh noise."""
-        timesteps = spaced_timesteps(schedule.num_timesteps, self.steps)
-        alphas_cumprod = schedule.alphas_cumprod.double().cpu()
-        x = noise.float()
-        for i, t in enumerate(_maybe_progress(timesteps, progress, type(self).__name__)):
-            t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-            x0, eps = schedule.predict_x0_eps(model_fn(x, t_batch).float(), x, t_batch)
-            alpha_bar = alphas_cumprod[t].item()
-            if self.clip_denoised:
-                x0 = x0.clamp(-1, 1)
-                eps = (x - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5  # the eps consistent with the clipped x_0
-            alpha_bar_prev = alphas_cumprod[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
-            x = self.step(x, x0, eps, alpha_bar, alpha_bar_prev, generator)
+        """Denoise ``noise`` (x_T ~ N(0, I)) into samples in [-1, 1]; ``generator`` drives any fresh noise
+        (a ``torch.Generator``, per-image :class:`genbench.noise.IndexedNoise` streams, or None)."""
+        timesteps = self.timesteps(schedule)
+        alphas_cumprod = [float(a) for a in schedule.alphas_cumprod.double().cpu()[timesteps]] + [1.0]
+        x = self.solve(self.denoiser(model_fn, schedule), noise.float(), timesteps, alphas_cumprod, generator, progress)
         return x.clamp(-1, 1)
 
+    def solve(self, denoise: Denoiser, x: Tensor, timesteps: list[int], alphas_cumprod: list[float], generator,
+              progress: bool) -> Tensor:  # fmt: skip
+        """One ``step`` per timestep; ``alphas_cumprod[i]`` belongs to ``timesteps[i]``, and ends with 1.0 (x_0)."""
+        for i, t in enumerate(_maybe_progress(timesteps, progress, type(self).__name__)):
+            x0, eps = denoise(x, t)
+            x = self.step(x, x0, eps, alphas_cumprod[i], alphas_cumprod[i + 1], generator)
+        return x
+
+    def step(
+        self, x_t: Tensor, x0: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: float, generator
+    ) -> Tensor:
+        """x at the next (less noisy) timestep of the subsequence, whose alpha_bar is ``alpha_bar_prev``."""
+        raise NotImplementedError
+
+    def settings(self) -> str:
+        return f"steps={self.steps}, sigma_max={self.sigma_max}, clip_denoised={self.clip_denoised}"
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(steps={self.steps}, clip_denoised={self.clip_denoised})"
+        return f"{type(self).__name__}({self.settings()})"
 
 
 class DDPMSampler(Sampler):
@@ -85,8 +139,8 @@ class DDPMSampler(Sampler):
     (Nichol & Dhariwal 2021 sec. 4), so 1000 steps is the original chain and fewer steps a coarser one.
     """
 
-    def __init__(self, steps: int = 1000, clip_denoised: bool = True) -> None:
-        super().__init__(steps, clip_denoised)
+    def __init__(self, steps: int = 1000, clip_denoised: bool = True, sigma_max: float | None = DEFAULT_SIGMA_MAX) -> None:
+        super().__init__(steps, clip_denoised, sigma_max)
 
     def step(self, x_t, x0, eps, alpha_bar, alpha_bar_prev, generator):
         beta = 1 - alpha_bar / alpha_bar_prev
@@ -103,8 +157,10 @@ class DDPMSampler(Sampler):
 class DDIMSampler(DDPMSampler):
     """DDIM (Song et al. 2021 eq. 12): eta = 0 is deterministic, eta = 1 has DDPM's posterior variance."""
 
-    def __init__(self, steps: int = 50, eta: float = 0.0, clip_denoised: bool = True) -> None:
-        super().__init__(steps, clip_denoised)
+    def __init__(
+        self, steps: int = 50, eta: float = 0.0, clip_denoised: bool = True, sigma_max: float | None = DEFAULT_SIGMA_MAX
+    ) -> None:
+        super().__init__(steps, clip_denoised, sigma_max)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.eta = eta
@@ -117,8 +173,8 @@ class DDIMSampler(DDPMSampler):
             return x
         return x + sigma * randn_like(x_t, generator)
 
-    def __repr__(self) -> str:
-        return f"DDIMSampler(steps={self.steps}, eta={self.eta}, clip_denoised={self.clip_denoised})"
+    def settings(self) -> str:
+        return f"steps={self.steps}, eta={self.eta}, sigma_max={self.sigma_max}, clip_denoised={self.clip_denoised}"
 
 
 def _maybe_progress(timesteps: list[int], progress: bool, name: str) -> Iterable[int]:
@@ -153,17 +209,3 @@ def guided(model: Callable[..., Tensor], labels: Tensor, null_label: int, guidan
         return uncond + guidance_scale * (cond - uncond)
 
     return model_fn
-
-
-SAMPLERS = ("ddpm", "ddim")
-
-
-def build_sampler(name: str, steps: int, eta: float = 0.0) -> Sampler:
-    """The sampler named by the config (``sampler=ddpm|ddim``); ``eta`` belongs to DDIM only."""
-    if name == "ddpm":
-        if eta != 0:
-            raise ValueError(f"eta applies only to the ddim sampler (ddpm's noise is fixed), got eta={eta}")
-        return DDPMSampler(steps)
-    if name == "ddim":
-        return DDIMSampler(steps, eta)
-    raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")

@@ -74,6 +74,9 @@ class NoiseSchedule(nn.Module):
         buffer("alphas_cumprod", alphas_cumprod)  # alpha_bar_t = prod_{s<=t} (1 - beta_s), Ho eq. 4
         buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt())  # sqrt(alpha_bar_t): the signal scale of x_t
         buffer("sqrt_one_minus_alphas_cumprod", (1 - alphas_cumprod).sqrt())  # sqrt(1 - alpha_bar_t): the noise scale
+        # sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t): the noise level of x_t / sqrt(alpha_bar_t), the variance-
+        # exploding view of the same process that the ODE solvers step in (Karras et al. 2022 sec. 2, Table 1)
+        buffer("sigmas", ((1 - alphas_cumprod) / alphas_cumprod).sqrt())
 
     @staticmethod
     def _at(values: Tensor, t: Tensor, like: Tensor) -> Tensor:

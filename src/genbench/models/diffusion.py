@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbench.diffusion.samplers import build_sampler, guided
+from genbench.diffusion.registry import build_sampler
+from genbench.diffusion.samplers import DEFAULT_SIGMA_MAX, Sampler, guided
 from genbench.diffusion.schedule import NoiseSchedule
 from genbench.errors import GenbenchError
 from genbench.models.base import GenerativeModule
@@ -39,7 +41,7 @@ class DiffusionModule(GenerativeModule):
         self.schedule = schedule
         self.optimizer_factory = optimizer
         self.label_dropout = label_dropout
-        self.train_net = self.maybe_compile(self.net)
+        self.set_training_view("train_net", self.net)
         self.setup_ema()
 
     def sampling_network(self) -> nn.Module:
@@ -60,24 +62,58 @@ class DiffusionModule(GenerativeModule):
     def configure_optimizers(self):
         return self.optimizer_factory(self.net.parameters())
 
+    def make_sampler(self, sampler: str = "ddim", steps: int = 50, eta: float | None = None,
+                      sigma_max: float | None = DEFAULT_SIGMA_MAX, **_) -> Sampler:  # fmt: skip
+        """The sampler that ``sample`` with these settings runs; bad settings are a GenbenchError."""
+        try:
+            chosen = build_sampler(sampler, int(steps), eta, sigma_max)
+            chosen.timesteps(self.schedule)  # refuses a step count the schedule cannot give
+        except ValueError as exc:
+            raise GenbenchError(f"sampler: {exc}") from exc
+        return chosen
+
+    def sampler_nfe(self, **settings) -> int:
+        """Network evaluations per sample for these sampler settings (``sample``'s keywords); Heun's are ~2 per step.
+        Guidance at a scale other than 0 or 1 batches both branches into each evaluation, so it does not change this."""
+        return self.make_sampler(**settings).nfe
+
+    def sampler_settings(self, sampler: dict | None) -> dict:
+        """Diffusion samples through a sampler: ``sampler`` completed with ``sample``'s defaults and checked (the
+        sampler is built once); guidance needs a class-conditional model. See ``GenerativeModule.sampler_settings``."""
+        keywords = inspect.signature(self.sample).parameters
+        settings = {k: p.default for k, p in keywords.items() if k not in ("n", "labels", "generator", "progress")}
+        unknown = set(sampler or {}) - set(settings)
+        if unknown:
+            raise GenbenchError(f"unknown sampler settings {sorted(unknown)} (expected some of {sorted(settings)})")
+        settings |= dict(sampler or {})
+        try:
+            settings["steps"] = int(settings["steps"])
+            settings["guidance_scale"] = float(settings["guidance_scale"])
+            settings["eta"] = None if settings["eta"] is None else float(settings["eta"])
+        except (TypeError, ValueError) as exc:
+            raise GenbenchError(f"sampler settings {dict(sampler or {})}: {exc}") from exc
+        if self.num_classes is None and settings["guidance_scale"] != 1.0:
+            raise GenbenchError(f"sampler.guidance_scale={settings['guidance_scale']:g}, but this diffusion model is "
+                                "unconditional (no classes to guide towards): leave it at 1")  # fmt: skip
+        self.make_sampler(**settings)
+        return settings
+
     @torch.no_grad()
     def sample(
         self,
         n: int,
         labels=None,
-        generator: torch.Generator | None = None,
+        generator=None,
         sampler: str = "ddim",
         steps: int = 50,
         eta: float | None = None,
         guidance_scale: float = 1.0,
+        sigma_max: float | None = DEFAULT_SIGMA_MAX,
         progress: bool = False,
     ) -> torch.Tensor:
-        try:
-            chosen = build_sampler(sampler, int(steps), **({} if eta is None else {"eta": float(eta)}))
-        except ValueError as exc:
-            raise GenbenchError(f"sampler: {exc}") from exc
-        if chosen.steps > self.schedule.num_timesteps:
-            raise GenbenchError(f"sampler.steps={steps} exceeds the {self.schedule.num_timesteps} training timesteps")
+        """``n`` images from the EMA weights with the named sampler (``genbench.diffusion.SAMPLERS``); the sampler's
+        NFE is kept as ``last_sampler_nfe``. ``generator``: a torch.Generator, IndexedNoise streams or None."""
+        chosen = self.make_sampler(sampler, steps, eta, sigma_max)
         net = self.ema.module
         labels = self.resolve_labels(n, labels, generator)
         if labels is None:
@@ -85,4 +121,5 @@ class DiffusionModule(GenerativeModule):
         else:
             model_fn = guided(net, labels, null_label=self.num_classes, guidance_scale=float(guidance_scale))
         noise = self.randn(n, *self.image_shape, generator=generator)
+        self.last_sampler_nfe = chosen.nfe
         return chosen(model_fn, self.schedule, noise, generator=generator, progress=progress)
