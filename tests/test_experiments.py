@@ -13,9 +13,9 @@ from conftest import CONF_DIR, FAMILIES, REPO, compose_train, finish_cli, requir
 
 from genbench.training.budget import Budget
 
-STUDIES = ("fashion_mnist_default", "fashion_mnist_compare", "ddim_steps", "compute_curves")
+STUDIES = ("fashion_mnist_default", "fashion_mnist_compare", "ddim_steps", "compute_curves", "sampler_steps")
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-PINNED = {"ddim_steps": "diffusion"}  # experiments that choose their family
+PINNED = {"ddim_steps": "diffusion", "sampler_steps": "diffusion"}  # experiments that choose their family
 FEW_STEPS = ["hardware=cpu", "budget.max_steps=2", "budget.max_images=null", "budget.max_minutes=null", "evaluate=false",
              "data.on_device=false", "callbacks.fid.n_samples=32", "trainer.checkpoint_every_n_steps=1000"]  # fmt: skip
 

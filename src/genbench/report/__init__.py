@@ -17,11 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from genbench.cli import hydra_entry
 from genbench.report import figures as fig
 from genbench.report.collect import Run, find_runs, missing_jobs
+from genbench.report.sampler_cost import sampler_cost_figure
 from genbench.report.tables import Summary, build_summary, excluded_lines, run_rows, table_rows, to_csv, to_latex, to_markdown
 from genbench.training.record import git_commit
 
 log = logging.getLogger("genbench.report")
-FIGURE_STEMS = ("samples", "ddim_steps", "ddim_fid", "vae_interpolation", "fid_vs_compute", "throughput")
+FIGURE_STEMS = ("samples", "ddim_steps", "ddim_fid", "vae_interpolation", "fid_vs_compute", "throughput", "sampler_cost")
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -54,6 +55,9 @@ def draw_figures(runs: list[Run], cfg: DictConfig, out: Path, device, notes: lis
         "interpolation": interpolation,
         "compute_curves": lambda: fig.compute_curves_figure(runs, fig_dir),
         "throughput": lambda: fig.throughput_figure(runs, fig_dir),
+        "sampler_cost": lambda: sampler_cost_figure(  # FID against seconds per 1k samples: points and sampler curves
+            runs, fig_dir, [dict(s) for s in _resolved(r.cost_samplers)], list(r.cost_steps), r.cost_n,
+            _resolved(cfg.get("metrics")), device, notes),
     }
     written = []
     for name, draw in jobs.items():
