@@ -222,8 +222,8 @@ class FamilyContract:
 
 class TestGAN(FamilyContract):
     family = "gan"
-    # Fast learning rates and a short EMA, so 60 batches visibly move the generator.
-    learn_overrides = ("model.g_optimizer.lr=2e-3", "model.d_optimizer.lr=2e-3", "model.ema_decay=0.9")
+    # Fast learning rates and a short EMA (a half-life of 100 images), so 60 batches visibly move the generator.
+    learn_overrides = ("model.g_optimizer.lr=2e-3", "model.d_optimizer.lr=2e-3", "model.ema_halflife_kimg=0.1")
     learn_batches = 60
     learn_ratio = 0.85
 

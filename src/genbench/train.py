@@ -15,7 +15,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from genbench.cli import hydra_entry
@@ -23,7 +22,7 @@ from genbench.errors import GenbenchError
 from genbench.models import Diverged, build_model, file_sha256
 from genbench.training.budget import Budget, BudgetCallback
 from genbench.training.callbacks import RunRecordCallback, SampleGridCallback
-from genbench.training.checkpoint_io import AtomicCheckpointIO
+from genbench.training.checkpoint_io import AtomicCheckpointIO, PeriodicCheckpoint, readable_checkpoint
 from genbench.training.csv_logger import RunCSVLogger
 from genbench.training.record import RUN_JSON, git_commit, read_json, write_json
 from genbench.training.wandb_media import WandbMediaCallback
@@ -54,13 +53,12 @@ def resolve_budget(cfg: DictConfig) -> None:
 
 
 def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.resume == "auto":
-        return last if last.exists() else None
-    if cfg.resume == "must":
-        if not last.exists():
-            raise GenbenchError(f"resume=must but {last} does not exist")
-        return last
+    """The checkpoint to continue from: last.ckpt, or previous.ckpt when last.ckpt is damaged (logged)."""
+    if cfg.resume in ("auto", "must"):
+        found = readable_checkpoint(run_dir / "checkpoints")
+        if found is None and cfg.resume == "must":
+            raise GenbenchError(f"resume=must but {run_dir / 'checkpoints' / 'last.ckpt'} does not exist")
+        return found
     if cfg.resume == "never":
         if (run_dir / RUN_JSON).exists():
             raise GenbenchError(f"resume=never but {run_dir} already holds a run; choose another name/seed or remove it")
@@ -138,8 +136,8 @@ def train(cfg: DictConfig) -> dict:
         record_cb,
         SampleGridCallback(run_dir, cfg.callbacks.sample_grid.every_n_steps, cfg.callbacks.sample_grid.n, cfg.seed,
                            budget_cb, sampler),
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=0, save_last=True,
-                        every_n_train_steps=cfg.trainer.checkpoint_every_n_steps),
+        PeriodicCheckpoint(run_dir / "checkpoints", budget_cb, cfg.trainer.checkpoint_every_n_steps,
+                           cfg.trainer.checkpoint_every_n_minutes),
         instantiate(cfg.callbacks.progress_bar),
     ]  # fmt: skip
     fid_cfg = cfg.callbacks.fid
@@ -154,13 +152,14 @@ def train(cfg: DictConfig) -> dict:
         log.info("resuming from %s", ckpt_path)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        # the final state; refused (Diverged) for non-finite weights, which leaves the last good checkpoint
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     except Diverged as exc:
         record_cb.finish(trainer, model, "diverged", str(exc))
         raise
-    except BaseException as exc:
+    except BaseException as exc:  # before training started, an existing record stays as it was
         record_cb.finish(trainer, model, "failed", f"{type(exc).__name__}: {exc}")
         raise
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     test_metrics = {}
     if is_overridden("test_step", model):  # e.g. the VAE's ELBO and bits/dim on the test split
         results = trainer.test(model, datamodule=datamodule, verbose=False)

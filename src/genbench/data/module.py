@@ -2,48 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
+from genbench.data.order import DeviceBatches, TrainOrder, seeded_generator
 from genbench.data.sources import SourceSpec, load_splits
 from genbench.errors import GenbenchError
 
 log = logging.getLogger(__name__)
 
 
-class DeviceBatches:
-    """Batches sliced from tensors already on the accelerator: no workers, no host-device copies.
-
-    It walks the same ``BatchSampler`` the DataLoader path uses, so both paths give the same
-    batches for the same seed.
-    """
-
-    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_sampler: BatchSampler):
-        self.tensors = tensors
-        self.batch_sampler = batch_sampler
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)
-
-    def __iter__(self):
-        device = self.tensors[0].device
-        for indices in self.batch_sampler:
-            index = torch.as_tensor(indices, device=device)
-            yield [t.index_select(0, index) for t in self.tensors]
-
-
 class ImageDataModule(pl.LightningDataModule):
     """Images as uint8 (N, C, H, W) tensors; batches are scaled to [-1, 1] (and flipped) after transfer.
 
-    ``train`` is the source's train split minus a seeded validation split, cut to its first
-    ``subset`` images; ``test`` stays separate as the evaluation reference.
+    ``train`` is the source's train split minus a seeded validation split or, with ``subset=N``, the source's first
+    N training images (the same N for every seed; validation is then drawn from the images after them); ``test``
+    stays separate as the evaluation reference. Training batches follow :class:`TrainOrder`, a pure function of
+    (seed, epoch, batch index); the number of batches trained is this module's checkpointed state, so a resumed run
+    goes on with the next batch.
     """
 
     def __init__(
@@ -83,7 +63,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.class_names: list[str] | None = None
         self.source_sizes: dict[str, int] = {}
         self.fingerprint = ""
-        self._flip_generator = torch.Generator().manual_seed(seed)
+        self.train_batches = 0  # training batches handed to the model so far, over all sessions of the run
 
     # ------------------------------------------------------------------ loading
     def prepare_data(self) -> None:
@@ -104,13 +84,8 @@ class ImageDataModule(pl.LightningDataModule):
         if "label" in prepared["train"].column_names:
             self.class_names = list(prepared["train"].features["label"].names)
         train_images, train_labels = arrays["train"]
-        n = len(train_images)
-        n_val = min(self.val_size, n // 10)
-        # Seeded permutation for the split, then keep the original order inside each part.
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        val_idx, fit_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
-        if self.subset is not None:
-            fit_idx = fit_idx[: int(self.subset)]
+        val_idx, fit_idx = self._split_indices(len(train_images))
+        n_val = len(val_idx)
         pick = lambda t, i: None if t is None else t[i]  # noqa: E731
         self._splits = {
             "train": (train_images[fit_idx], pick(train_labels, fit_idx)),
@@ -124,6 +99,24 @@ class ImageDataModule(pl.LightningDataModule):
             self.spec.source, len(fit_idx), n_val, len(arrays["test"][0]), tuple(train_images.shape[1:]), self.class_names,
         )  # fmt: skip
 
+    def _split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validation and training indices into the source's train split, each in the source's order.
+
+        Without a subset, validation is a seeded draw and training the rest. With ``subset=N`` training is the first
+        N images whatever the seed, and validation a seeded draw from the images after them, so the two never meet.
+        """
+        n_val = min(self.val_size, n // 10)
+        if self.subset is None:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+            return perm[:n_val].sort().values, perm[n_val:].sort().values
+        subset = int(self.subset)
+        if subset + n_val > n:
+            raise GenbenchError(f"data.subset={subset} leaves fewer than the {n_val} validation images out of the "
+                                f"{n} training images; use at most data.subset={n - n_val}, or data.subset=null "
+                                "for all of them")  # fmt: skip
+        rest = torch.randperm(n - subset, generator=torch.Generator().manual_seed(self.seed))[:n_val]
+        return (rest + subset).sort().values, torch.arange(subset)
+
     # ------------------------------------------------------------------ facts
     def _need(self) -> None:
         if not self._splits:
@@ -133,10 +126,15 @@ class ImageDataModule(pl.LightningDataModule):
         """What a split's images depend on, for feature caches and metrics' reference names.
 
         The test split depends only on the source (it is never reshuffled), so every seed of a sweep shares one
-        reference; train and val move with the seed, val_size and subset.
+        reference, and so does a subset's train split (the source's first N images); otherwise train and val move
+        with the seed, val_size and subset.
         """
         self._need()
-        return f"{self._source_key}-test" if split == "test" else f"{self.fingerprint}-{split}"
+        if split == "test":
+            return f"{self._source_key}-test"
+        if split == "train" and self.subset is not None:
+            return f"{self._source_key}-first{int(self.subset)}-train"
+        return f"{self.fingerprint}-{split}"
 
     def images(self, split: str) -> torch.Tensor:
         self._need()
@@ -172,40 +170,51 @@ class ImageDataModule(pl.LightningDataModule):
             labels = torch.full((len(images),), -1, dtype=torch.long)  # -1: unlabelled
         return images, labels
 
-    def _batches(self, split: str, shuffle: bool):
+    def _batches(self, split: str, train: bool):
         self._need()
         tensors = self._tensors(split)
         n = len(tensors[0])
         if n == 0:
             raise GenbenchError(f"the {split} split is empty")
-        if shuffle:
-            # A fixed generator: the same seed walks the same batches, on either path.
-            sampler = RandomSampler(range(n), generator=torch.Generator().manual_seed(self.seed))
+        if train:
+            rank, world = getattr(self.trainer, "global_rank", 0), getattr(self.trainer, "world_size", 1)
+            batch_size = max(1, min(self.batch_size, n // world))
+            sampler = TrainOrder(n, batch_size, self.seed, lambda: self.train_batches, rank, world)
         else:
-            sampler = SequentialSampler(range(n))
-        batch_sampler = BatchSampler(sampler, batch_size=min(self.batch_size, n), drop_last=shuffle)
+            sampler = BatchSampler(SequentialSampler(range(n)), batch_size=min(self.batch_size, n), drop_last=False)
         if self.on_device:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            return DeviceBatches(tuple(t.to(device) for t in tensors), batch_sampler)
+            return DeviceBatches(tuple(t.to(device) for t in tensors), sampler)
+        # Each sampled item is a whole batch of indices (batch_size=None): TensorDataset slices it in one go.
         return DataLoader(
-            TensorDataset(*tensors), batch_sampler=batch_sampler, num_workers=self.num_workers,
+            TensorDataset(*tensors), sampler=sampler, batch_size=None, num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.seed),  # its worker seed draw must not touch the global RNG
         )  # fmt: skip
 
     def train_dataloader(self):
-        return self._batches("train", shuffle=True)
+        return self._batches("train", train=True)
 
     def val_dataloader(self):
-        return self._batches("val", shuffle=False)
+        return self._batches("val", train=False)
 
     def test_dataloader(self):
-        return self._batches("test", shuffle=False)
+        return self._batches("test", train=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
         images = images.float().div(127.5).sub(1.0)
-        if self.flip and self.trainer is not None and self.trainer.training:
-            # Flip masks come from the module's own generator so both loader paths flip the same images.
-            flip = (torch.rand(images.shape[0], generator=self._flip_generator) < 0.5).to(images.device)
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        if self.trainer is not None and self.trainer.training:  # called once per batch the model trains on
+            if self.flip:  # a mask of its own per batch index: the same on either path, and after a resume
+                draws = torch.rand(images.shape[0], generator=seeded_generator(self.seed, self.train_batches, 1))
+                images = torch.where((draws < 0.5).to(images.device)[:, None, None, None], images.flip(-1), images)
+            self.train_batches += 1
         return images, labels
+
+    # ------------------------------------------------------------------ checkpointed state
+    def state_dict(self) -> dict:
+        """Lightning stores this in every checkpoint and restores it before asking for the train loader."""
+        return {"train_batches": self.train_batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_batches = int(state["train_batches"])

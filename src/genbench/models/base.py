@@ -11,32 +11,11 @@ from typing import ClassVar, Sequence
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from genbench import noise
 from genbench.errors import GenbenchError
-
-
-def ema_with_warmup(decay: float):
-    """EMA whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates.
-
-    A fixed 0.999 would keep ~60% of the random initial weights after 500 steps, which is all a
-    short CPU budget gives; the ramp (as in TensorFlow's ExponentialMovingAverage with num_updates)
-    lets short runs sample from trained weights while long runs get the full decay.
-    """
-
-    @torch.no_grad()
-    def update(ema_params, current_params, num_averaged):
-        n = float(num_averaged)
-        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
-        floats = [(e, c) for e, c in zip(ema_params, current_params) if e.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([e for e, _ in floats], [c for _, c in floats], weight)
-        for e, c in zip(ema_params, current_params):
-            if not e.is_floating_point():  # counters such as BatchNorm's num_batches_tracked
-                e.copy_(c)
-
-    return update
+from genbench.models.ema import ImageEMA, checked_ema_settings
+from genbench.models.resume import StepEnd, collect_rng_states, non_finite_tensors, restore_rng_states
 
 
 class Diverged(RuntimeError):
@@ -53,7 +32,8 @@ class GenerativeModule(pl.LightningModule):
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
         conditional: bool = True,
-        ema_decay: float = 0.999,
+        ema_halflife_kimg: float = 44.0,
+        ema_rampup_ratio: float | None = 0.077,
         compile: bool = False,
         log_every_n_steps: int = 25,
     ):
@@ -63,13 +43,14 @@ class GenerativeModule(pl.LightningModule):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = int(num_classes) if (conditional and num_classes) else None
         self.class_names = list(class_names) if (self.num_classes and class_names) else None
-        self.ema_decay = ema_decay
+        self.ema_halflife_kimg, self.ema_rampup_ratio = checked_ema_settings(ema_halflife_kimg, ema_rampup_ratio)
         self.compile_nets = compile
         self.log_every_n_steps = log_every_n_steps
         self.images_seen = 0
         self.run_meta: dict | None = None  # resolved config and data facts, stored in every checkpoint
         self.checkpoint_sha256: str | None = None
         self._first_bad_step: dict[str, torch.Tensor] = {}
+        self._rng_to_restore: dict | None = None
 
     # ------------------------------------------------------------------ EMA
     def sampling_network(self) -> nn.Module:
@@ -78,12 +59,17 @@ class GenerativeModule(pl.LightningModule):
 
     def setup_ema(self) -> None:
         """Call at the end of a subclass's ``__init__``, once the sampling network exists."""
-        self.ema = AveragedModel(self.sampling_network(), multi_avg_fn=ema_with_warmup(self.ema_decay), use_buffers=True)
-        self.ema.requires_grad_(False)
+        self.ema = ImageEMA(self.sampling_network(), self.ema_halflife_kimg, self.ema_rampup_ratio)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.ema.update_parameters(self.sampling_network())
-        self.images_seen += int(batch[0].shape[0])
+    def configure_callbacks(self) -> list[pl.Callback]:
+        attached = self._trainer is not None and any(isinstance(c, StepEnd) for c in self.trainer.callbacks)
+        return [] if attached else [StepEnd()]  # once per trainer (fit, then test, would attach it twice)
+
+    def end_step(self, batch) -> None:
+        """After each training batch, before any checkpoint of it: EMA update, image count, periodic loss check."""
+        batch_images = int(batch[0].shape[0])
+        self.ema.step(self.sampling_network(), batch_images, self.images_seen)
+        self.images_seen += batch_images
         if (self.global_step_count() % self.log_every_n_steps) == 0:
             self.raise_if_diverged()
 
@@ -94,13 +80,30 @@ class GenerativeModule(pl.LightningModule):
         """Training batches so far; unlike ``global_step`` it does not count each optimizer of a GAN."""
         return int(self.trainer.fit_loop.epoch_loop.batch_progress.total.completed) if self._trainer else 0
 
+    # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Refuses to save a diverged model (the run stops as ``diverged`` and the last good checkpoint stays);
+        stores what an exact resume needs besides Lightning's own state."""
+        self.raise_if_diverged()
+        bad = non_finite_tensors(checkpoint["state_dict"])
+        if bad:
+            raise Diverged(f"{self.family}: {len(bad)} weight tensors became non-finite (first: {bad[0]}); "
+                           "the checkpoint was not saved")  # fmt: skip
         checkpoint["genbench_images_seen"] = self.images_seen
+        checkpoint["genbench_rng"] = collect_rng_states()
         if self.run_meta is not None:
             checkpoint["genbench"] = self.run_meta
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.images_seen = int(checkpoint.get("genbench_images_seen", 0))
+        self._rng_to_restore = checkpoint.get("genbench_rng")
+
+    def on_train_start(self) -> None:
+        # Restored here, not when loading: the random draws of a resumed run must start exactly where the
+        # checkpointed run's next step would have drawn, after everything Lightning does while setting up.
+        if self._rng_to_restore is not None:
+            restore_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     # ------------------------------------------------------------------ losses
     def log_losses(self, losses: dict[str, torch.Tensor]) -> None:
@@ -146,5 +149,10 @@ class GenerativeModule(pl.LightningModule):
         """``n`` images in [-1, 1], shape (n, C, H, W), from the EMA weights."""
         raise NotImplementedError
 
-    def maybe_compile(self, net: nn.Module) -> nn.Module:
-        return torch.compile(net) if self.compile_nets else net
+    def set_training_view(self, name: str, net: nn.Module) -> None:
+        """``self.<name>``: the network the training step calls, compiled when ``model.compile=true``.
+
+        It is kept out of the module tree (set past ``nn.Module.__setattr__``), so checkpoint keys do not depend on
+        ``model.compile`` (torch.compile's wrapper would add ``<name>._orig_mod.*``) and weights are not stored twice.
+        """
+        object.__setattr__(self, name, torch.compile(net) if self.compile_nets else net)

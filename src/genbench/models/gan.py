@@ -74,8 +74,8 @@ class GANModule(GenerativeModule):
         channels, size, _ = self.image_shape
         self.generator = generator(image_channels=channels, image_size=size, num_classes=self.num_classes)
         self.discriminator = discriminator(image_channels=channels, image_size=size, num_classes=self.num_classes)
-        self.train_generator = self.maybe_compile(self.generator)
-        self.train_discriminator = self.maybe_compile(self.discriminator)
+        self.set_training_view("train_generator", self.generator)
+        self.set_training_view("train_discriminator", self.discriminator)
         self.g_optimizer_factory, self.d_optimizer_factory = g_optimizer, d_optimizer
         self.loss_name, self.gp_weight, self.d_steps = loss, gp_weight, d_steps
         self.d_loss_fn, self.g_loss_fn = LOSSES[loss]

@@ -52,7 +52,7 @@ class VAEModule(GenerativeModule):
             raise GenbenchError(f"model.likelihood={likelihood}; expected one of {', '.join(LIKELIHOODS)}")
         channels, size, _ = self.image_shape
         self.net = net(image_channels=channels, image_size=size, num_classes=self.num_classes)
-        self.train_net = self.maybe_compile(self.net)
+        self.set_training_view("train_net", self.net)
         self.optimizer_factory = optimizer
         self.likelihood, self.beta, self.kl_warmup_steps = likelihood, beta, kl_warmup_steps
         self.log_scale = gaussian_log_scale

@@ -10,15 +10,20 @@ from pytorch_lightning.callbacks import RichProgressBar
 
 from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
 from genbench.training.budget import BudgetCallback
-from genbench.training.record import RUN_JSON, hardware_info, now, peak_memory_mb, write_json
+from genbench.training.record import RUN_JSON, hardware_info, now, peak_memory_mb, read_json, write_json
 
 
 class RunRecordCallback(pl.Callback):
-    """Writes run.json when training starts and again when it ends, whatever the ending."""
+    """Writes run.json when training starts and again when it ends, whatever the ending.
+
+    A session that fails before training starts (a checkpoint that does not load, say) leaves an existing record
+    as it was: it trained nothing, so a completed run stays completed.
+    """
 
     def __init__(self, run_dir: Path, seed: int, budget: BudgetCallback, base: dict):
         self.path = Path(run_dir) / RUN_JSON
         self.seed, self.budget, self.record = seed, budget, dict(base)
+        self.session_started = False
 
     def update(self, trainer, pl_module, **fields) -> dict:
         seconds = self.budget.session_seconds()
@@ -39,10 +44,13 @@ class RunRecordCallback(pl.Callback):
         return self.record
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.session_started = True
         self.record.setdefault("started", now())
         self.update(trainer, pl_module, status="running", stop_reason=None, finished=None)
 
     def finish(self, trainer, pl_module, status: str, stop_reason: str | None, **fields) -> dict:
+        if not self.session_started and self.path.exists():
+            return read_json(self.path)
         return self.update(trainer, pl_module, status=status, stop_reason=stop_reason, finished=now(), **fields)
 
 
@@ -84,8 +92,18 @@ class BudgetProgressBar(RichProgressBar):
     """Lightning's rich progress bar, its epoch line telling how much of the budget is spent.
 
     Runs train with ``max_epochs=-1`` because budgets stop them, so the stock line reads "Epoch 3/-2".
-    Lightning has no public hook for that line; ``_get_train_description`` is where the rich bar builds it.
+    Lightning has no public hook for that line; ``_get_train_description`` is where the rich bar builds it, once
+    per epoch, so the line is also redrawn after every batch (else the last epoch's start is what stays on screen).
     """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.is_enabled and self.progress is not None and self.train_progress_bar_id is not None:
+            description = self._get_train_description(trainer.current_epoch)
+            if self.theme.description:
+                description = f"[{self.theme.description}]{description}"
+            self.progress.update(self.train_progress_bar_id, description=description)
+            self.refresh()
 
     def _get_train_description(self, current_epoch: int) -> str:
         budget = next((cb for cb in self.trainer.callbacks if isinstance(cb, BudgetCallback)), None)
