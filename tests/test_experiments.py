@@ -79,4 +79,4 @@ def test_joblib_sweep_runs_jobs_in_parallel_processes(tmp_path, fmnist):
     result = finish_cli(start_cli("train", "-m", "hydra/launcher=parallel", "experiment=smoke", "name=par", "evaluate=false",
                                   "model=gan,vae", "seed=0", f"paths.runs_dir={tmp_path}"), timeout=400)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.parent.name for p in (tmp_path / "par").rglob("run.json")) == ["model=gan,seed=0", "model=vae,seed=0"]
+    assert sorted(p.parent.name for p in (tmp_path / "par").rglob("run.json")) == ["model-gan+seed-0", "model-vae+seed-0"]

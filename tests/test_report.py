@@ -122,8 +122,8 @@ def test_bad_sweep_folder_is_a_contract_error_and_writes_nothing(sweeps, tmp_pat
 def test_missing_and_diverged_jobs_are_listed_never_dropped(sweeps, tmp_path):
     sweep = tmp_path / "smoke"
     shutil.copytree(sweeps["root"] / "smoke", sweep)
-    shutil.rmtree(sweep / "model=vae,seed=1")  # as train.py leaves a job that failed before training
-    record_path = sweep / "model=gan,seed=1" / "run.json"
+    shutil.rmtree(sweep / "model-vae+seed-1")  # as train.py leaves a job that failed before training
+    record_path = sweep / "model-gan+seed-1" / "run.json"
     record = json.loads(record_path.read_text()) | {"status": "diverged", "stop_reason": "loss became non-finite"}
     record_path.write_text(json.dumps(record))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -19,11 +20,27 @@ import hydra
 from hydra._internal import utils as hydra_utils
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from genbench.errors import user_error_message
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# Characters a folder name keeps as they are: letters, digits and those of Hydra's unquoted override values (its
+# grammar's ID and UNQUOTED_CHAR) that neither a shell nor a path reads specially. "%" (also unquoted there)
+# starts the escape for everything else; "/", backslash, "$", "*", "?", "|", ":" and "@" are escaped.
+_NOT_PATH_SAFE = re.compile(r"[^A-Za-z0-9_.+-]")
+
+
+def path_safe(text: str) -> str:
+    """``text`` with every other character percent-encoded (UTF-8), so distinct texts stay distinct names.
+
+    Sweep folders are named from their jobs' overrides (conf/hydra/default.yaml), which Hydra copies verbatim: a
+    ``data.root=/x`` would nest folders, and a ``[``, ``,`` or ``=`` would need quoting in ``ckpt=``.
+    """
+    return _NOT_PATH_SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), str(text))
+
+
+OmegaConf.register_new_resolver("genbench.path_safe", path_safe, replace=True)
 def _make_reporter(original: Callable) -> Callable:
     def run_and_report(func: Callable):
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -1,20 +1,22 @@
 """``python -m genbench.train [overrides]``: one run (or a sweep with ``-m``) into a run folder.
 
-Reads top to bottom: budget, data module, model, callbacks, loggers, trainer, fit, record, evaluate.
+Reads top to bottom: checks (preflight), the run folder claimed (one process at a time, one training config:
+training/identity.py), then data module, model, callbacks, loggers, trainer, fit, record, evaluate. Nothing is
+written to the run folder before the command is accepted and its data and model are built.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-import shutil
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from genbench.cli import hydra_entry
@@ -24,7 +26,10 @@ from genbench.training.budget import Budget, BudgetCallback
 from genbench.training.callbacks import RunRecordCallback, SampleGridCallback
 from genbench.training.checkpoint_io import AtomicCheckpointIO, PeriodicCheckpoint, readable_checkpoint
 from genbench.training.csv_logger import RunCSVLogger
+from genbench.training.identity import check_same_training
+from genbench.training.preflight import check_train_config
 from genbench.training.record import RUN_JSON, git_commit, read_json, write_json
+from genbench.training.run_folder import RunFolder
 from genbench.training.wandb_media import WandbMediaCallback
 
 log = logging.getLogger("genbench.train")
@@ -66,11 +71,6 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
     raise GenbenchError(f"resume={cfg.resume}; expected auto, must or never")
 
 
-def check_hardware(cfg: DictConfig) -> None:
-    if cfg.hardware.accelerator == "gpu" and not torch.cuda.is_available():
-        raise GenbenchError(f"hardware={cfg.hardware.name} needs a CUDA GPU and none is visible; use hardware=cpu")
-
-
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
     loggers = [RunCSVLogger(str(run_dir))]  # run_dir/metrics.csv, always on
     loggers += [instantiate(extra) for extra in cfg.logger.extra]
@@ -84,45 +84,57 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer
     )  # fmt: skip
 
 
-def finished_record(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """The record of this very run if it already completed (and was scored, when asked): nothing left to do."""
+def preflight(cfg: DictConfig) -> Budget:
+    """Every check that needs nothing loaded, built or written: bad input ends here (training/preflight.py)."""
+    check_train_config(cfg)
+    return Budget(**cfg.budget)
+
+
+def finished_record(cfg: DictConfig, run_dir: Path, budget: Budget) -> dict | None:
+    """The record of this run if it completed a budget at least as large as ``budget`` (and was scored, when asked)."""
     path = run_dir / RUN_JSON
-    if cfg.resume != "auto" or not path.exists():
+    if cfg.resume == "never" or not path.exists():
         return None
     record = read_json(path)
-    same_budget = record.get("budget") == OmegaConf.to_container(cfg.budget)
+    if record.get("status") != "completed":
+        return None
+    spent = BudgetCallback(budget)  # the budget's own rule, applied to the run's final counts
+    spent.load_state_dict({"steps": record.get("steps", 0), "images": record.get("images_seen", 0),
+                           "train_seconds": record.get("train_seconds", 0.0)})  # fmt: skip
     scored = not cfg.evaluate or (run_dir / METRICS_JSON).exists()
-    return record if record.get("status") == "completed" and same_budget and scored else None
+    return record if spent.exhausted() and scored else None
 
 
 def train(cfg: DictConfig) -> dict:
+    """Checks, then the run folder claimed (one process at a time, one training config), then :func:`fit`."""
+    composed = copy.deepcopy(cfg)  # as Hydra composed it, for .hydra/config.yaml
     run_dir = Path(cfg.paths.output_dir)
-    fresh = not (run_dir / RUN_JSON).exists()
-    try:
+    # DDP ranks other than zero rerun this command; rank zero alone locks and writes the run folder.
+    with RunFolder(run_dir, owner=rank_zero_only.rank == 0) as folder:
         resolve_budget(cfg)
-        if (done := finished_record(cfg, run_dir)) is not None:
+        budget = preflight(cfg)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = instantiate(cfg.data)  # reads nothing yet; its constructor checks the data keys
+        check_same_training(run_dir, cfg)  # training/identity.py: which keys make a run
+        if (done := finished_record(cfg, run_dir, budget)) is not None:
             log.info("%s already completed its budget (%s); nothing to do", run_dir, done["stop_reason"])
             return done
-        budget = Budget(**cfg.budget)
-        check_hardware(cfg)
-        ckpt_path = resume_path(cfg, run_dir)
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = instantiate(cfg.data)
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-        model = build_model(cfg.model, datamodule.image_shape, datamodule.num_classes, datamodule.class_names)
-    except GenbenchError:
-        if fresh:  # nothing of a half-made run stays behind to pass for one
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+        return fit(cfg, run_dir, budget, datamodule, folder, composed)
+
+
+def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunFolder, composed: DictConfig) -> dict:
+    """Load the data, build the model, commit the run folder, then train, record and (when asked) evaluate."""
+    ckpt_path = resume_path(cfg, run_dir)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = build_model(cfg.model, datamodule.image_shape, datamodule.num_classes, datamodule.class_names)
     model.log_every_n_steps = cfg.trainer.log_every_n_steps
     model.run_meta = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "data": {"image_shape": list(datamodule.image_shape), "num_classes": model.num_classes,
                  "class_names": model.class_names, "fingerprint": datamodule.fingerprint},
     }  # fmt: skip
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    folder.commit(cfg, composed)  # config.yaml, .hydra/, train.log: the folder is written from here on
     n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("ema."))
     log.info("%s: %.2fM parameters, budget %s, run folder %s", model.family, n_params / 1e6, budget, run_dir)
 

@@ -8,6 +8,7 @@ cache dir, keyed by everything that changes them, so the second run reads them s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ from genbench.data import idx
 from genbench.errors import GenbenchError
 
 SUPPORTED_IMAGE_SIZES = (28, 32, 64)
+SOURCES = ("fashion_mnist", "hf", "imagefolder")
+RESIZE_MODES = ("auto", "pad", "resize")
+# PIL's errors for a file it cannot decode (UnidentifiedImageError and truncated data are OSErrors)
+UNREADABLE_IMAGE = (OSError, SyntaxError, Image.DecompressionBombError)
+MIN_IMAGES_TO_SPLIT = 5  # a source without a test split gives a fifth of its images to one (at least one image)
 FASHION_HUB_NAME = "zalando-datasets/fashion_mnist"
 datasets.disable_progress_bars()
 
@@ -40,6 +46,19 @@ class SourceSpec:
     channels: int | None = None
     resize: str = "auto"  # auto (pad when growing by a few pixels, else resize) | pad | resize
     test_size: int = 10000  # carved from train when a source has no test split
+
+    def __post_init__(self) -> None:
+        """Checked when the data module is built, before anything is read."""
+        if self.source not in SOURCES:
+            raise GenbenchError(f"unknown data source '{self.source}'; expected {', '.join(SOURCES)}")
+        if self.image_size not in SUPPORTED_IMAGE_SIZES:
+            raise GenbenchError(
+                f"data.image_size={self.image_size} cannot be used by genbench's networks; expected one of {SUPPORTED_IMAGE_SIZES}"
+            )
+        if self.channels not in (None, 1, 3):
+            raise GenbenchError(f"data.channels={self.channels}; expected null (keep), 1 or 3")
+        if self.resize not in RESIZE_MODES:
+            raise GenbenchError(f"data.resize={self.resize}; expected {', '.join(RESIZE_MODES)}")
 
     def key(self, extra: str = "") -> str:
         return hashlib.sha256((json.dumps(self.__dict__, sort_keys=True) + extra).encode()).hexdigest()[:16]
@@ -174,6 +193,11 @@ def _from_dataset_dict(dd: datasets.DatasetDict, spec: SourceSpec, where: str) -
     if spec.test_split in dd:
         test = dd[spec.test_split]
     else:
+        if len(train) < MIN_IMAGES_TO_SPLIT:
+            raise GenbenchError(
+                f"{where}: {len(train)} image(s); at least {MIN_IMAGES_TO_SPLIT} are needed, since a fifth of them is "
+                f"held out as the test split (or give the data a '{spec.test_split}' split)"
+            )
         # No test split: carve a seeded one from train so evaluation still has held-out references.
         n_test = min(spec.test_size, len(train) // 5)
         parts = train.train_test_split(test_size=n_test, seed=0, shuffle=True)
@@ -184,8 +208,27 @@ def _from_dataset_dict(dd: datasets.DatasetDict, spec: SourceSpec, where: str) -
     out = {}
     for split, ds in (("train", train), ("test", test)):
         labels = list(ds[label_key]) if label_key else None
-        out[split] = _prepare(ds[spec.image_key], labels, class_names, spec, f"{where} ({split})")
+        try:  # images are decoded lazily, inside _prepare
+            out[split] = _prepare(ds[spec.image_key], labels, class_names, spec, f"{where} ({split})")
+        except UNREADABLE_IMAGE as exc:
+            culprit = _first_unreadable(ds, spec.image_key)
+            what = f"{culprit} cannot be decoded as an image ({type(exc).__name__})" if culprit else (
+                f"an image cannot be decoded ({type(exc).__name__}: {exc})")  # fmt: skip
+            raise GenbenchError(f"{where} ({split}): {what}; remove or replace it") from exc
     return out
+
+
+def _first_unreadable(ds: datasets.Dataset, key: str) -> str | None:
+    """The file (or row) of the first image PIL cannot decode, so that the error names it."""
+    if not isinstance(ds.features.get(key), datasets.Image):
+        return None
+    for row, item in enumerate(ds.cast_column(key, datasets.Image(decode=False))[key]):
+        try:
+            with Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as image:
+                image.load()
+        except UNREADABLE_IMAGE:
+            return item.get("path") or f"row {row}"
+    return None
 
 
 def _source_fingerprint(spec: SourceSpec) -> str:
@@ -203,14 +246,6 @@ def _source_fingerprint(spec: SourceSpec) -> str:
 
 def load_splits(spec: SourceSpec, cache_dir: str | Path) -> tuple[dict[str, datasets.Dataset], str]:
     """The prepared ``train`` and ``test`` datasets and their cache key, building them on first use."""
-    if spec.source not in ("fashion_mnist", "hf", "imagefolder"):
-        raise GenbenchError(f"unknown data source '{spec.source}'; expected fashion_mnist, hf or imagefolder")
-    if spec.image_size not in SUPPORTED_IMAGE_SIZES:
-        raise GenbenchError(
-            f"data.image_size={spec.image_size} cannot be used by genbench's networks; expected one of {SUPPORTED_IMAGE_SIZES}"
-        )
-    if spec.channels not in (None, 1, 3):
-        raise GenbenchError(f"data.channels={spec.channels}; expected null (keep), 1 or 3")
     key = spec.key(_source_fingerprint(spec))
     folder = Path(cache_dir).expanduser() / f"{spec.source}-{key}"
     if (folder / "done").exists():

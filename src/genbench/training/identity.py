@@ -1,0 +1,115 @@
+"""Run identity: a run folder belongs to one training config, and this module says which keys make that config.
+
+A command may skip or continue the run in a folder only when every key that shapes training equals the folder's
+``config.yaml``; otherwise it stops with an error naming the keys that differ and leaves the folder as it was.
+A key shapes training unless it is listed below, so a setting added later is never silently mixed into an old run.
+
+Keys that do **not** shape training:
+
+- ``budget.*``: how long to train. A larger budget continues a run; an equal or smaller one leaves a completed run
+  alone.
+- What only starts, watches, keeps or scores a run: ``resume``, ``evaluate``, ``name``, ``paths.*``, ``logger.*``,
+  ``callbacks.*`` (sample grids, in-training FID, the progress bar), ``sampler.*`` (in-training grids and the
+  evaluation; training never samples), ``metrics.*``.
+- How often training is logged and saved, and the validation and test settings (genbench has no validation step;
+  the test split is scored after training): ``trainer.log_every_n_steps``, ``trainer.checkpoint_every_n_steps``,
+  ``trainer.checkpoint_every_n_minutes``, ``trainer.enable_model_summary``, ``trainer.num_sanity_val_steps``,
+  ``trainer.limit_val_batches``, ``trainer.limit_test_batches``.
+- Where and how the data is read: ``data.cache_dir``, ``data.num_workers``, ``data.on_device`` (both loader paths
+  walk the same batches), and ``data.root`` for ``data.source=fashion_mnist``, where it only says where the standard
+  files lie (for an image folder the root *is* the data, so there it counts).
+- Which machine and how fast: ``hardware.name``, ``hardware.accelerator``, ``model.compile``.
+
+Everything else shapes training: ``seed``, ``model.*`` (architecture, loss, optimizers, EMA, ...), ``data.*``
+(source, name, image size, channels, resize, subset, val_size, batch_size, flip, seed), the trainer's numerics
+(``trainer.gradient_clip_val``, ``trainer.deterministic``, any other Trainer argument), ``hardware.precision``,
+``hardware.devices`` and ``hardware.strategy`` (devices times ``data.batch_size`` is the batch an update sees).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from genbench.errors import GenbenchError
+
+CONFIG_YAML = "config.yaml"
+NOT_TRAINING_GROUPS = ("budget", "resume", "evaluate", "name", "paths", "logger", "callbacks", "sampler", "metrics",
+                       "hydra")  # fmt: skip
+NOT_TRAINING_KEYS = frozenset({
+    "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps", "trainer.checkpoint_every_n_minutes",
+    "trainer.enable_model_summary", "trainer.num_sanity_val_steps", "trainer.limit_val_batches",
+    "trainer.limit_test_batches",
+    "data.cache_dir", "data.num_workers", "data.on_device",
+    "hardware.name", "hardware.accelerator", "model.compile",
+})  # fmt: skip
+ABSENT = "(absent)"
+MAX_LISTED = 8
+
+
+def shapes_training(key: str, config: dict) -> bool:
+    """Whether the dotted ``key`` of a train config decides the weights a run ends with (see the module docstring)."""
+    if key.split(".", 1)[0] in NOT_TRAINING_GROUPS or key in NOT_TRAINING_KEYS:
+        return False
+    if key == "data.root":
+        return (config.get("data") or {}).get("source") != "fashion_mnist"
+    return True
+
+
+def flatten(node: object, prefix: str = "") -> dict[str, object]:
+    """Dotted keys to leaf values; lists stay whole (``model.net.channel_mults`` is one setting)."""
+    if isinstance(node, dict):
+        out: dict[str, object] = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def training_differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """(key, old value, new value) for every key that shapes training and differs; ``ABSENT`` where one lacks it."""
+    flat_old, flat_new = flatten(old), flatten(new)
+    diffs = []
+    for key in sorted(flat_old.keys() | flat_new.keys()):
+        before, after = flat_old.get(key, ABSENT), flat_new.get(key, ABSENT)
+        if before != after and (shapes_training(key, old) or shapes_training(key, new)):
+            diffs.append((key, before, after))
+    return diffs
+
+
+def _show(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def read_run_config(run_dir: Path) -> dict | None:
+    """The training config a run folder holds (its ``config.yaml``), or None for a folder without one."""
+    path = Path(run_dir) / CONFIG_YAML
+    if not path.is_file():
+        return None
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as exc:  # noqa: BLE001 - any damage means the run's config cannot be known
+        raise GenbenchError(f"{path} cannot be read ({type(exc).__name__}), so the run in {run_dir} cannot be "
+                            f"matched to this command; restore the file or remove the folder") from exc  # fmt: skip
+    if not isinstance(config, dict):
+        raise GenbenchError(f"{path} holds no config mapping; restore the file or remove the folder {run_dir}")
+    return config
+
+
+def check_same_training(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuse to touch ``run_dir`` when its run was trained under another config than ``cfg``."""
+    old = read_run_config(run_dir)
+    if old is None:
+        return
+    diffs = training_differences(old, OmegaConf.to_container(cfg, resolve=True))
+    if not diffs:
+        return
+    listed = ", ".join(f"{key} {_show(before)} -> {_show(after)}" for key, before, after in diffs[:MAX_LISTED])
+    more = f" and {len(diffs) - MAX_LISTED} more" if len(diffs) > MAX_LISTED else ""
+    raise GenbenchError(
+        f"{run_dir} holds a run trained under another config ({listed}{more}); a run folder holds one training "
+        f"config (only budget.* may grow, and settings that do not shape training may change). Start a new run "
+        f"with another name= or seed=, or remove {run_dir}"
+    )
