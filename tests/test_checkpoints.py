@@ -92,6 +92,20 @@ def test_a_damaged_last_ckpt_falls_back_to_previous_and_never_rewrites_the_recor
     assert (run_dir / "run.json").read_bytes() == record_bytes
 
 
+def test_a_checkpoint_with_non_finite_weights_is_not_resumed_from(tmp_path, caplog):
+    """Such files come from before genbench refused to save them; resume=auto must not keep resuming them."""
+    from genbench.training.checkpoint_io import readable_checkpoint
+
+    assert readable_checkpoint(tmp_path) is None
+    torch.save({"state_dict": {"w": torch.tensor([1.0, math.nan])}, "loops": {}}, tmp_path / "last.ckpt")
+    with pytest.raises(GenbenchError, match="non-finite"):
+        readable_checkpoint(tmp_path)
+    torch.save({"state_dict": {"w": torch.ones(2)}, "loops": {}}, tmp_path / "previous.ckpt")
+    with caplog.at_level(logging.WARNING):
+        assert readable_checkpoint(tmp_path) == tmp_path / "previous.ckpt"
+    assert "non-finite" in caplog.text and "previous.ckpt" in caplog.text
+
+
 # ---------------------------------------------------------------------- model.compile
 @pytest.mark.parametrize("family", ["vae", "gan"])
 def test_checkpoint_keys_do_not_depend_on_model_compile(tmp_path, family):

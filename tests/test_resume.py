@@ -22,7 +22,7 @@ import torch
 
 from conftest import FAMILIES, finish_cli, run_cli_batch, start_cli, tiny_overrides
 
-pytestmark = pytest.mark.usefixtures("fmnist")
+pytestmark = [pytest.mark.usefixtures("fmnist"), pytest.mark.slow]  # about 70 s on two CPU cores
 STEPS, EVERY = 40, 3
 RUN = [f"budget.max_steps={STEPS}", f"trainer.checkpoint_every_n_steps={EVERY}", "data.flip=true"]
 

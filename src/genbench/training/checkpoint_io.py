@@ -7,7 +7,7 @@
   step, however many optimizers it steps) and every ``every_n_minutes``. Lightning's ModelCheckpoint counts
   optimizer steps and takes only one of the two intervals.
 * :func:`readable_checkpoint` picks what a resumed run starts from: ``last.ckpt``, or ``previous.ckpt`` when
-  ``last.ckpt`` cannot be read.
+  ``last.ckpt`` cannot be read (or holds non-finite weights).
 
 Every saved checkpoint holds finite weights: the model refuses to save otherwise (``on_save_checkpoint``).
 """
@@ -25,6 +25,7 @@ from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from genbench.errors import GenbenchError
+from genbench.models.resume import non_finite_tensors
 from genbench.training.budget import BudgetCallback
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def _unreadable(path: Path) -> str | None:
         return f"{type(exc).__name__}: {exc}"
     if not isinstance(checkpoint, dict) or not {"state_dict", "loops"} <= checkpoint.keys():
         return "not a training checkpoint (no state_dict and loops)"
+    if bad := non_finite_tensors(checkpoint["state_dict"]):  # saved before genbench refused such checkpoints
+        return f"{len(bad)} non-finite weight tensors, e.g. {bad[0]}"
     return None
 
 
