@@ -1,7 +1,7 @@
 """A run folder as one process's workspace: locked while in use, and written only once the command is accepted.
 
 Hydra would write ``.hydra/`` and open ``train.log`` in the run folder before the task even starts. The train config
-turns both off (``hydra.output_subdir: null``, the log file handler left unattached: conf/hydra/default.yaml), so a
+turns both off (``hydra.output_subdir: null`` and ``hydra/job_logging=genbench``, without a file handler), so a
 command refused by the checks (bad input, another training config, a folder in use) leaves the folder exactly as it
 found it, and a fresh folder not there at all. Log lines from before the commit wait in memory and go to
 ``train.log`` with the rest once the run is accepted; :meth:`RunFolder.commit` also writes what Hydra would have.
