@@ -183,6 +183,9 @@ class _StubModel(torch.nn.Module):
         super().__init__()
         self.images, self.num_classes, self.calls = images, 10, []
 
+    def sampler_settings(self, sampler):
+        return dict(sampler or {}) or None  # takes whatever sampler it is given
+
     def sample(self, n, labels=None, generator=None, **kwargs):
         self.calls.append((n, None if labels is None else labels.tolist(), kwargs))
         start = sum(c[0] for c in self.calls[:-1])
@@ -211,7 +214,8 @@ def test_evaluate_model_samples_balanced_labels_and_fills_the_contract(data, tmp
     assert model.calls[0][1][:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     assert model.calls[0][2] == {"sampler": "ddim", "steps": 7}
     assert record["n_fake"] == 300 and record["n_real"] == 2 * N
-    assert record["sampler"] is None  # only diffusion records its sampler
+    assert (record["sampler"], record["sampler_steps"]) == ("ddim", 7)  # what the model said applies is recorded
+    assert record["protocol"].startswith("fmnist_classifier-n300-ddim7-") and record["sampler_settings"] == model.calls[0][2]
     assert record["sample_seconds_per_1k"] >= 0
     assert record["memorization"] > 0.95  # the stub copies training images
 

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+import genbench.noise
 from genbench.errors import GenbenchError
 from genbench.metrics.callback import FIDCallback
 from genbench.training.budget import Budget, BudgetCallback
@@ -44,9 +45,13 @@ class _Model(pl.LightningModule):
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
+    def sampler_settings(self, sampler):
+        return None  # samples in one pass
+
     def sample(self, n, labels=None, generator=None, **kwargs):
-        noise = torch.rand(n, 1, 28, 28, generator=generator, device=self.device) * 2 - 1
-        return noise * self.scale.detach().clamp(0, 1)  # blank at first, noise as training goes
+        assert not kwargs, "a model that takes no sampler is passed no sampler settings"
+        images = genbench.noise.randn((n, 1, 28, 28), generator, self.device).clamp(-1, 1)
+        return images * self.scale.detach().clamp(0, 1)  # blank at first, noise as training goes
 
 
 def test_fid_callback_logs_fid_wall_clock_and_images_seen(tmp_path):

@@ -72,11 +72,22 @@ def test_two_family_two_seed_sweep_reports_mean_std_with_n2(sweeps):
         assert float(row["fid_mean"]) > 0 and row["fid_std"] != ""
     runs = _rows(out / "runs.csv")
     assert len(runs) == 4 and {r["status"] for r in runs} == {"completed"}
+    header = (out / "runs.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header))  # no column shadows another (hardware precision vs the metric)
+    assert all(0 <= float(r["precision"]) <= 1 and r["hardware_precision"] == "32-true" for r in runs)
+
+    # evaluate=true wrote each score under its protocol, and metrics.json as the run's own.
+    for folder in {Path(r["path"]) for r in runs}:
+        own = json.loads((folder / "metrics.json").read_text())
+        assert json.loads((folder / "metrics" / f"{own['protocol']}.json").read_text()) == own
+    protocols = {row["protocol"] for row in groups.values()}
+    assert len(protocols) == 1 and protocols == {row["scoring_protocol"] for row in groups.values()}
 
     markdown = (out / "table.md").read_text()
     assert "| family |" in markdown and "±" in markdown and "**" in markdown
     assert "| gan | 2 |" in markdown and "| vae | 2 |" in markdown
     assert "n_fake=200" in markdown and "fmnist_classifier" in markdown and "x86_64 CPU" in markdown
+    assert f"Protocol {protocols.pop()}" in markdown  # the caption names the protocol id
     assert "| family |" in result.stdout  # the report prints its Markdown table
     latex = (out / "table.tex").read_text()
     assert all(rule in latex for rule in ("\\toprule", "\\midrule", "\\bottomrule", "$\\pm$", "\\textbf{"))
@@ -155,13 +166,14 @@ def _metrics(fid: float, n_fake: int = 1000, extractor: str = "fmnist_classifier
 
 
 def test_different_protocols_are_never_averaged_together(tmp_path):
+    """Records from before protocol ids (no ``protocol`` field) are still kept apart by what they hold."""
     runs = [_run(tmp_path, "gan", 0, metrics=_metrics(20.0)), _run(tmp_path, "gan", 1, metrics=_metrics(30.0)),
             _run(tmp_path, "gan", 2, metrics=_metrics(25.0, n_fake=500)),
             _run(tmp_path, "vae", 0, metrics=_metrics(40.0, extractor="inception")), _run(tmp_path, "vae", 1)]  # fmt: skip
     assign_settings(runs)
     summary = build_summary(runs, [])
-    protocols = [(t.protocol and (t.protocol[0], t.protocol[2]), [(g.family, len(g.runs)) for g in t.groups])
-                 for t in summary.tables]  # fmt: skip
+    protocols = [(t.protocol and (t.runs[0].metrics["extractor"], t.runs[0].metrics["n_fake"]),
+                  [(g.family, len(g.runs)) for g in t.groups]) for t in summary.tables]  # fmt: skip
     assert protocols == [(("fmnist_classifier", 1000), [("gan", 2)]), (("fmnist_classifier", 500), [("gan", 1)]),
                          (("inception", 1000), [("vae", 1)]), (None, [("vae", 1)])]  # fmt: skip
     rows = table_rows(summary)
@@ -234,3 +246,59 @@ def test_git_stamp_is_dirty_for_code_changes_only(tmp_path):
     assert git_commit(where) == clean
     (tmp_path / "conf" / "train.yaml").write_text("v2\n")
     assert git_commit(where) == clean + "-dirty"
+
+
+def _scored(fid: float, n_fake: int = 1000, sampler: dict | None = None) -> dict:
+    """A record as the evaluator writes it, with its protocol."""
+    from genbench.metrics import MetricsConfig
+    from genbench.metrics.protocol import make_protocol, protocol_fields
+
+    fields = protocol_fields(MetricsConfig(), "fmnist_classifier", "f" * 64, "fmnist/test@28px", 10000, n_fake, sampler,
+                             True, True)  # fmt: skip
+    protocol = make_protocol(fields)
+    return _metrics(fid, n_fake) | {"protocol": protocol.id, "scoring_protocol": protocol.scoring_id,
+                                    "protocol_fields": fields, "sampler_settings": sampler,
+                                    "sampler": sampler and sampler["sampler"], "sampler_steps": sampler and sampler["steps"]}  # fmt: skip
+
+
+def test_one_table_per_scoring_protocol_one_row_per_full_protocol(tmp_path):
+    ddim20 = {"sampler": "ddim", "steps": 20, "eta": 0.0, "guidance_scale": 1.0}
+    ddpm100 = {"sampler": "ddpm", "steps": 100, "eta": None, "guidance_scale": 1.0}
+    runs = [_run(tmp_path, "gan", s, metrics=_scored(20.0 + s)) for s in (0, 1)]
+    for seed in (0, 1):  # each diffusion run scored under its own protocol (DDIM 20) and re-scored with DDPM 100
+        run = _run(tmp_path, "diffusion", seed, metrics=_scored(10.0 + seed, sampler=ddim20))
+        run.scores = [run.metrics, _scored(5.0 + seed, sampler=ddpm100), _scored(50.0, n_fake=50, sampler=ddim20)]
+        runs.append(run)
+    assign_settings(runs)
+    summary = build_summary(runs, [])
+    main, small = summary.tables
+    # The GAN sits beside both diffusion samplers; each row is one full protocol, so nothing is averaged across them.
+    rows = {(g.family, g.label): (len(g.runs), g.protocol) for g in main.groups}
+    assert set(rows) == {("gan", "cpu"), ("diffusion", "cpu, sampler ddim, 20 steps, eta 0, guidance_scale 1"),
+                         ("diffusion", "cpu, sampler ddpm, 100 steps, guidance_scale 1")}  # fmt: skip
+    assert all(n == 2 for n, _ in rows.values()) and len({p for _, p in rows.values()}) == 3
+    fid = {(r["family"], r["setting"].split(", ")[1] if ", " in r["setting"] else ""): r["fid_mean"]
+           for r in table_rows(summary) if r["table"] == 1}  # fmt: skip
+    assert fid == {("gan", ""): 20.5, ("diffusion", "sampler ddim"): 10.5, ("diffusion", "sampler ddpm"): 5.5}
+    assert f"Protocol {main.protocol}" in main.caption and "-ddim20-" in main.caption and "-ddpm100-" in main.caption
+    assert [(g.family, len(g.runs)) for g in small.groups] == [("diffusion", 2)] and "n_fake=50" in small.caption
+    assert any("different evaluation protocols" in note for note in summary.notes)
+    assert "| diffusion | cpu, sampler ddpm, 100 steps, guidance_scale 1 | 2 |" in to_markdown(summary)
+
+
+def test_runs_csv_columns_are_unique_and_name_the_run_own_protocol(tmp_path):
+    from genbench.report.tables import run_rows
+
+    run = _run(tmp_path, "gan", 0, metrics=_scored(20.0))
+    run.scores = [run.metrics, _scored(30.0, n_fake=50)]
+    (row,) = run_rows([run])
+    assert row["precision"] == 0.5 and row["hardware_precision"] == "32-true" and row["hardware_name"] == "cpu"
+    assert row["protocol"] == run.metrics["protocol"] and len(row["all_protocols"].split()) == 2
+
+
+def test_report_into_an_existing_file_is_refused_before_any_work(tmp_path):
+    target = tmp_path / "report.txt"
+    target.write_text("mine\n")
+    with pytest.raises(GenbenchError, match="is a file"):
+        report(_report_cfg(f"sweep={tmp_path / 'no_sweep_needed'}", f"out={target}"))
+    assert target.read_text() == "mine\n"

@@ -1,7 +1,8 @@
-"""``python -m genbench.sample`` as a user runs it, on a tiny class-conditional diffusion checkpoint.
+"""``python -m genbench.sample`` as a user runs it, on tiny class-conditional diffusion and GAN checkpoints.
 
-The three commands share one Lightning import (``run_cli_batch``); every PNG they write is checked
-against the same checkpoint sampled in-process, so the seed, sampler settings and prompt must really reach it.
+The commands share one Lightning import (``run_cli_batch``); every PNG they write is checked against the same
+checkpoint sampled in-process with per-image noise, so the seed, sampler settings and prompt must really reach it,
+and the batch size must not matter. Bad input fails before sampling and leaves no folder behind.
 """
 
 from __future__ import annotations
@@ -16,22 +17,49 @@ from PIL import Image
 from conftest import assert_contract_error, run_cli_batch, train_run
 from genbench.data.idx import CLASS_NAMES
 from genbench.imageio import read_png_text, to_uint8
+from genbench.metrics import model_sampler
 from genbench.models import file_sha256, load_checkpoint
+from genbench.noise import IndexedNoise
 
 N = 16
+# Bad input: name -> (arguments after ckpt=, words of the error line)
+BAD = {
+    "n_not_a_number": (["n=abc", "out={root}/bad"], ["n=abc", "integer"]),
+    "batch_size_zero": (["batch_size=0", "out={root}/bad"], ["batch_size=0", "integer"]),
+    "seed_not_a_number": (["seed=abc", "out={root}/bad"], ["seed=abc"]),
+    "bogus_device": (["device=bogus", "out={root}/bad"], ["device=bogus"]),
+    "out_is_a_file": (["out={root}/a_file.txt"], ["a_file.txt", "is a file"]),
+    "out_holds_files": (["out={root}/plain"], ["already holds files"]),  # after "plain" has written there
+    "unknown_sampler": (["sampler.name=bogus", "out={root}/bad"], ["bogus"]),
+    "gan_guidance": (["out={root}/bad", "sampler.guidance_scale=3"], ["guidance_scale=3", "gan"]),
+    "gan_sampler": (["out={root}/bad", "sampler=ddpm"], ["takes no sampler", "sampler=ddpm"]),
+}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, fmnist):
     root = tmp_path_factory.mktemp("sample")
     train_run(root / "run", "diffusion", "budget.max_steps=2")
+    train_run(root / "gan", "gan", "budget.max_steps=2")
     ckpt = root / "run" / "checkpoints" / "last.ckpt"
+    gan = root / "gan" / "checkpoints" / "last.ckpt"
+    (root / "a_file.txt").write_text("not a folder\n")
+    plain = [f"ckpt={ckpt}", f"n={N}", "sampler=ddim", "sampler.steps=5"]
     jobs = {
-        "plain": ("sample", [f"ckpt={ckpt}", f"n={N}", f"out={root / 'plain'}", "sampler=ddim", "sampler.steps=5"]),
+        "plain": ("sample", [*plain, f"out={root / 'plain'}"]),
+        "batch3": ("sample", [*plain, f"out={root / 'batch3'}", "batch_size=3"]),
+        "ddpm_batch5": ("sample", [f"ckpt={ckpt}", f"n={N}", "sampler=ddpm", "sampler.steps=4", f"out={root / 'ddpm5'}",
+                                   "batch_size=5"]),  # fmt: skip
+        "ddpm": ("sample", [f"ckpt={ckpt}", f"n={N}", "sampler=ddpm", "sampler.steps=4", f"out={root / 'ddpm'}"]),
         "sneaker": ("sample", [f"ckpt={ckpt}", "n=4", f"out={root / 'sneaker'}", "sampler.steps=3", "prompt=Sneaker",
                                "seed=3"]),  # fmt: skip
+        "gan": ("sample", [f"ckpt={gan}", f"n={N}", f"out={root / 'gan_out'}"]),
         "foo": ("sample", [f"ckpt={ckpt}", "n=4", f"out={root / 'foo'}", "prompt=Foo"]),
-    }
+        "score_own_output": ("evaluate", [f"samples={root / 'plain'}", f"metrics.n_samples={N}", "metrics.n_reference=100",
+                                          "metrics.extractor=fmnist_classifier", "metrics.memorization=false"]),
+        **{name: ("sample", [f"ckpt={gan if name.startswith('gan') else ckpt}", "n=4",
+                             *[a.format(root=root) for a in args]]) for name, (args, _) in BAD.items()},
+    }  # fmt: skip
     return root, ckpt, run_cli_batch(jobs, root / "logs")
 
 
@@ -43,28 +71,40 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
-def test_writes_n_pngs_and_a_grid_with_provenance(runs):
+def test_writes_n_pngs_and_a_grid_beside_them_with_provenance(runs):
     root, ckpt, results = runs
     result = results["plain"]
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["n"] == N and summary["family"] == "diffusion"
+    assert summary["n"] == N and summary["family"] == "diffusion" and summary["grid"] == str(root / "plain_grid.png")
     files = pngs(root / "plain")
-    assert len(files) == N and (root / "plain" / "grid.png").is_file()
+    # The folder holds the samples only (and metrics/, the score "score_own_output" wrote after this command).
+    assert len(files) == N and sorted(p for p in (root / "plain").iterdir() if p.name != "metrics") == files
     sha = file_sha256(ckpt)
-    for path in [*files, root / "plain" / "grid.png"]:
+    for path in [*files, root / "plain_grid.png"]:
         text = read_png_text(path)
         assert text["AI-generated"] == "true" and text["genbench:family"] == "diffusion", text
         assert text["genbench:checkpoint_sha256"] == sha and text["genbench:seed"] == "0", text
         assert text["genbench:sampler"] == "ddim" and text["genbench:sampler_steps"] == "5", text
+    assert not list(root.glob(".*tmp*")), "temporary folders left behind"
 
 
 def test_pngs_are_the_checkpoints_samples_for_that_seed_and_sampler(runs):
     root, ckpt, _ = runs
     model, _ = load_checkpoint(ckpt)
-    expected = to_uint8(model.sample(N, generator=torch.Generator().manual_seed(0), sampler="ddim", steps=5))
+    expected = to_uint8(model.sample(N, generator=IndexedNoise.range(0, 0, N), sampler="ddim", steps=5))
     for i, path in enumerate(pngs(root / "plain")):
         np.testing.assert_array_equal(pixels(path), expected[i, 0].numpy(), err_msg=path.name)
+
+
+@pytest.mark.parametrize("pair", [("plain", "batch3"), ("ddpm", "ddpm5")])
+def test_batch_size_does_not_change_any_image(runs, pair):
+    root, _, results = runs
+    assert all(results[name].returncode == 0 for name in ("plain", "batch3", "ddpm", "ddpm_batch5"))
+    first, second = pngs(root / pair[0]), pngs(root / pair[1])
+    assert len(first) == len(second) == N
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(pixels(a), pixels(b), err_msg=f"{a.name} differs between batch sizes")
 
 
 def test_prompt_names_the_class_of_every_sample(runs):
@@ -74,13 +114,43 @@ def test_prompt_names_the_class_of_every_sample(runs):
     assert len(files) == 4
     sneaker = CLASS_NAMES.index("Sneaker")
     assert all(read_png_text(path)["genbench:label"] == str(sneaker) for path in files)
-    model, _ = load_checkpoint(ckpt)
-    expected = to_uint8(model.sample(4, labels=sneaker, generator=torch.Generator().manual_seed(3), steps=3))
+    model, run_cfg = load_checkpoint(ckpt)
+    # Only sampler.steps was given: the rest is the run's own sampler (its training config's), not sample.yaml's.
+    settings = model_sampler(model, {**run_cfg.sampler, "steps": 3})
+    assert settings["sampler"] == run_cfg.sampler.name
+    expected = to_uint8(model.sample(4, labels=sneaker, generator=IndexedNoise.range(3, 0, 4), **settings))
     for i, path in enumerate(files):
         np.testing.assert_array_equal(pixels(path), expected[i, 0].numpy(), err_msg=path.name)
+
+
+def test_gan_samples_record_no_sampler(runs):
+    root, _, results = runs
+    result = results["gan"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["sampler"] is None
+    assert "ddim" not in (result.stdout + result.stderr).lower()
+    assert "genbench:sampler" not in read_png_text(pngs(root / "gan_out")[0])
+
+
+def test_evaluate_scores_samples_own_output(runs):
+    """The grid no longer sits among the samples, so the folder scores as it is."""
+    root, _, results = runs
+    result = results["score_own_output"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["n_fake"] == N and record["extractor"] == "fmnist_classifier"
 
 
 def test_unknown_prompt_lists_the_valid_classes(runs):
     root, _, results = runs
     line = assert_contract_error(results["foo"], "Foo", "Sneaker", "Ankle boot", "T-shirt/top")
     assert not (root / "foo").exists(), line
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_fails_before_sampling_and_leaves_nothing(runs, case):
+    root, _, results = runs
+    assert_contract_error(results[case], *BAD[case][1])
+    assert not (root / "bad").exists() and not (root / "bad_grid.png").exists()
+    assert (root / "a_file.txt").read_text() == "not a folder\n"
+    assert len(pngs(root / "plain")) == N  # the earlier output stays as it was

@@ -1,26 +1,30 @@
-"""Score a checkpoint or a set of images with the one evaluator.
+"""Score a checkpoint or a set of images with the one evaluator, under a named protocol.
 
-    python -m genbench.evaluate ckpt=RUN/checkpoints/last.ckpt [sampler=ddpm] [metrics.n_samples=N]
+    python -m genbench.evaluate ckpt=RUN/checkpoints/last.ckpt [metrics.n_samples=N] [sampler=ddpm sampler.steps=K]
     python -m genbench.evaluate samples=FOLDER_OR_NPZ [data=fashion_mnist | reference=FOLDER_OR_NPZ]
 
-Prints one JSON object (the ``metrics.json`` record) on stdout and writes it atomically to RUN/metrics.json,
-FOLDER/metrics.json or X.metrics.json (``out=PATH`` overrides). Logs and progress go to stderr.
+A checkpoint is scored under its run's own protocol (the ``metrics.*`` and ``sampler.*`` of its training config)
+unless the command line overrides keys. The protocol id is logged before any sampling; the score goes to
+``RUN/metrics/<protocol>.json``, and to ``RUN/metrics.json`` too when it is the run's own protocol (see
+:mod:`genbench.metrics.store`). Bare images go to ``FOLDER/metrics/<protocol>.json`` or ``X.metrics/<protocol>.json``.
+``out=FILE.json`` writes there instead (never over another protocol's score). Prints one JSON object (the record) on
+stdout; logs and progress go to stderr.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genbench.cli import hydra_entry
 from genbench.errors import GenbenchError
-from genbench.metrics import evaluate_images, evaluate_model, images_from_datamodule, images_from_path
+from genbench.metrics import MetricsConfig, images_from_datamodule, images_from_path, plan_evaluation, score_images
+from genbench.metrics.store import check_destination, check_store, score_dir, write_score
+from genbench.training.record import write_json
 
 log = logging.getLogger("genbench.evaluate")
 
@@ -34,65 +38,77 @@ def _datamodule(data_cfg: DictConfig):
 
 def _data_overrides() -> DictConfig:
     """``data.*`` overrides given on this command line, to apply on top of a checkpoint's own data config."""
-    try:
-        task = HydraConfig.get().overrides.task
-    except ValueError:  # not under Hydra
-        return OmegaConf.create({})
-    dotlist = [o.lstrip("+~") for o in task if o.lstrip("+~").startswith("data.")]
+    from genbench.metrics.settings import given
+
+    dotlist = [o.lstrip("+~") for o in given("data") if "." in o.split("=", 1)[0]]
     return OmegaConf.from_dotlist(dotlist).get("data", OmegaConf.create({}))
 
 
-def from_checkpoint(cfg: DictConfig) -> tuple[dict, Path]:
+def from_checkpoint(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
+    """The record, the run folder it belongs to, and whether it is the run's own protocol."""
+    from genbench.metrics import plan_model_evaluation, run_model_evaluation
+    from genbench.metrics.settings import is_own_protocol, metrics_for_run, sampler_for_run
     from genbench.models import load_checkpoint
 
     ckpt = Path(cfg.ckpt).expanduser().resolve()
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    if out is None:
+        check_store(run_dir)
     model, run_cfg = load_checkpoint(ckpt, map_location="cpu")
+    config = metrics_for_run(run_cfg.get("metrics"), cfg.metrics)
+    settings = sampler_for_run(model, run_cfg.get("sampler"), cfg.sampler)
+    own = is_own_protocol(model, run_cfg, config, settings)
     data_cfg = OmegaConf.merge(run_cfg.data, _data_overrides())  # the data the model was trained on
     log.info("checkpoint %s: %s model, data %s", ckpt, model.family, data_cfg.get("source"))
-    record = evaluate_model(model, cfg.metrics, _datamodule(data_cfg), cfg.sampler)
+    plan = plan_model_evaluation(model, config, _datamodule(data_cfg), settings)
+    protocol = plan.protocol.id
+    where = out or score_dir(run_dir) / f"{protocol}.json"
+    if out is not None:
+        check_destination(out, protocol)
+    log.info("protocol %s (%s), written to %s", protocol,
+             "the run's own: also metrics.json" if own else "not the run's own: metrics.json is left as it is",
+             where)  # fmt: skip
+    record = run_model_evaluation(model, plan)
     record.update(ckpt=str(ckpt), checkpoint_sha256=getattr(model, "checkpoint_sha256", None))
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return record, run_dir / "metrics.json"
+    return record, run_dir, own
 
 
-def from_samples(cfg: DictConfig) -> tuple[dict, Path]:
+def from_samples(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
+    """The record of bare images, their folder or .npz, and False (they have no protocol of their own)."""
     from genbench.imageio import load_images
+    from genbench.metrics.settings import given
 
+    if given("sampler"):
+        raise GenbenchError(f"samples= scores images as they are: sampler settings do not apply ({' '.join(given('sampler'))})")
+    config = MetricsConfig.from_cfg(cfg.metrics)
     samples = Path(cfg.samples).expanduser().resolve()
+    if out is None:
+        check_store(samples)
     fake = load_images(samples)
-    n = int(cfg.metrics.n_samples)
-    if len(fake) > n:
-        log.info("scoring the first %d of %d images in %s (metrics.n_samples)", n, len(fake), samples)
-        fake = fake[:n]
-    elif len(fake) < n:
-        log.warning("%s holds %d images, fewer than metrics.n_samples=%d: scoring all of them", samples, len(fake), n)
+    if len(fake) > config.n_samples:
+        log.info("scoring the first %d of %d images in %s (metrics.n_samples)", config.n_samples, len(fake), samples)
+        fake = fake[: config.n_samples]
+    elif len(fake) < config.n_samples:
+        log.warning("%s holds %d images, fewer than metrics.n_samples=%d: scoring all of them", samples, len(fake),
+                    config.n_samples)  # fmt: skip
     if cfg.reference is not None:
         # No training set is known for bare images, so memorization stays null.
-        record = evaluate_images(fake, images_from_path(cfg.reference), cfg.metrics)
+        plan = plan_evaluation(config, images_from_path(cfg.reference), len(fake))
     else:
         datamodule = _datamodule(cfg.data)
-        m = cfg.metrics
-        record = evaluate_images(
-            fake,
-            images_from_datamodule(datamodule, m.reference_split, m.n_reference),
-            m,
+        plan = plan_evaluation(
+            config,
+            images_from_datamodule(datamodule, config.reference_split, config.n_reference),
+            len(fake),
             train=images_from_datamodule(datamodule, "train"),
-            heldout=images_from_datamodule(datamodule, m.heldout_split),
+            heldout=images_from_datamodule(datamodule, config.heldout_split),
         )
-    record["samples"] = str(samples)
-    out = samples / "metrics.json" if samples.is_dir() else samples.with_name(samples.stem + ".metrics.json")
-    return record, out
-
-
-def write_json(path: Path, record: dict) -> None:
-    """Write atomically: a reader sees the old file or the whole new one, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    protocol = plan.protocol.id
+    if out is not None:
+        check_destination(out, protocol)
+    log.info("protocol %s, written to %s", protocol, out or score_dir(samples) / f"{protocol}.json")
+    record = score_images(plan, fake) | {"samples": str(samples)}
+    return record, samples, False
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -100,10 +116,15 @@ def evaluate(cfg: DictConfig) -> dict:
         raise GenbenchError("give exactly one of ckpt=PATH (a checkpoint) or samples=PATH (a folder of PNGs or an .npz)")
     if cfg.reference is not None and cfg.ckpt is not None:
         raise GenbenchError("reference=PATH goes with samples=PATH; a checkpoint is scored against its own data")
-    record, out = from_checkpoint(cfg) if cfg.ckpt is not None else from_samples(cfg)
-    out = Path(cfg.out).expanduser() if cfg.out is not None else out
-    write_json(out, record)
-    log.info("wrote %s", out)
+    out = Path(cfg.out).expanduser().resolve() if cfg.out is not None else None
+    if out is not None and out.is_dir():
+        raise GenbenchError(f"out={cfg.out} is a folder; expected the path of a .json file to write the score to")
+    record, target, own = from_checkpoint(cfg, out) if cfg.ckpt is not None else from_samples(cfg, out)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, record)
+    for path in [out] if out is not None else write_score(target, record, own=own):
+        log.info("wrote %s", path)
     print(json.dumps(record), flush=True)
     return record
 

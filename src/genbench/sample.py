@@ -1,9 +1,20 @@
-"""``python -m genbench.sample ckpt=PATH n=INT out=DIR``: PNG samples and a grid from any family's checkpoint."""
+"""``python -m genbench.sample ckpt=PATH n=INT out=DIR``: PNG samples and a grid from any family's checkpoint.
+
+``OUT/`` receives exactly the ``n`` samples (``sample_00000.png``, …) and the grid goes beside it, ``OUT_grid.png``:
+a folder that holds only the samples is what ``evaluate samples=OUT`` and other FID tools (torch-fidelity,
+clean-fid, which also read sub-folders) score, so a grid of another size must not sit among them. The samples are
+written into a hidden folder first and moved to ``OUT`` when all are there, so an interrupted command leaves no
+folder that could pass for a finished one. Sample i has the noise stream of ``(seed, i)``: the same image at any
+``batch_size`` or device. The sampler is the run's own (its training config's ``sampler``) unless the command line
+sets one; a model that takes no sampler (GAN, VAE) refuses sampler settings rather than ignoring them.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -12,17 +23,44 @@ from omegaconf import DictConfig
 from genbench.cli import hydra_entry
 from genbench.errors import GenbenchError
 from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
-from genbench.models import load_checkpoint
+from genbench.noise import IndexedNoise
 
 log = logging.getLogger("genbench.sample")
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name) -> torch.device:
+    name = str(name)
+    if name not in ("auto", "cpu") and not name.startswith("cuda"):
+        raise GenbenchError(f"device={name}; expected auto, cpu or cuda")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GenbenchError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
-    return torch.device(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GenbenchError(f"device={name} but no CUDA GPU is visible; use device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise GenbenchError(f"device={name} is not a torch device (expected auto, cpu or cuda)") from exc
+
+
+def integer(value, key: str, minimum: int) -> int:
+    """An integer command-line value, at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise GenbenchError(f"{key}={value}; expected an integer >= {minimum}")
+    return value
+
+
+def check_out(out: Path) -> None:
+    """``out`` must be a new or empty folder: samples of an earlier command must not mix with these."""
+    if out.exists() and not out.is_dir():
+        raise GenbenchError(f"out={out} is a file; expected a folder for the PNGs (new, or empty)")
+    if out.is_dir() and any(out.iterdir()):
+        raise GenbenchError(f"out={out} already holds files; choose a new folder or empty it")
+    if grid_path(out).is_dir():
+        raise GenbenchError(f"{grid_path(out)} is a folder; the grid of out={out} goes there")
+
+
+def grid_path(out: Path) -> Path:
+    return out.parent / f"{out.name}_grid.png"
 
 
 def labels_for(model, prompt: str | None, labels, n: int) -> torch.Tensor | None:
@@ -39,42 +77,54 @@ def labels_for(model, prompt: str | None, labels, n: int) -> torch.Tensor | None
         if str(prompt).lower() not in lookup:
             raise GenbenchError(f"unknown class '{prompt}'; valid classes: {', '.join(names)}")
         return torch.full((n,), lookup[str(prompt).lower()], dtype=torch.long)
-    ids = torch.as_tensor(list(labels) if not isinstance(labels, int) else [labels], dtype=torch.long)
-    return ids.expand(n) if ids.numel() == 1 else ids
+    try:
+        ids = torch.as_tensor(list(labels) if not isinstance(labels, int) else [labels], dtype=torch.long)
+    except (TypeError, ValueError) as exc:
+        raise GenbenchError(f"labels={labels}; expected a class id or a list of ids") from exc
+    ids = ids.expand(n) if ids.numel() == 1 else ids
+    if ids.numel() != n:
+        raise GenbenchError(f"got {ids.numel()} labels for n={n} images")
+    return ids
 
 
 def sample(cfg: DictConfig) -> Path:
-    if int(cfg.n) < 1:
-        raise GenbenchError(f"n={cfg.n}; expected a positive number of images")
+    from genbench.metrics.settings import sampler_for_run
+    from genbench.models import load_checkpoint
+
+    n, batch_size = integer(cfg.n, "n", 1), integer(cfg.batch_size, "batch_size", 1)
+    seed = integer(cfg.seed, "seed", 0)
+    nrow = None if cfg.nrow is None else integer(cfg.nrow, "nrow", 1)
+    out = Path(cfg.out).expanduser()
+    check_out(out)
     device = pick_device(cfg.device)
     model, run_cfg = load_checkpoint(cfg.ckpt, map_location=device)
-    labels = labels_for(model, cfg.prompt, cfg.labels, int(cfg.n))
-    if labels is not None and labels.numel() != int(cfg.n):
-        raise GenbenchError(f"got {labels.numel()} labels for n={cfg.n} images")
-    sampler = dict(sampler=cfg.sampler.name, steps=cfg.sampler.steps, eta=cfg.sampler.eta,
-                   guidance_scale=cfg.sampler.guidance_scale)  # fmt: skip
+    labels = labels_for(model, cfg.prompt, cfg.labels, n)
+    settings = sampler_for_run(model, run_cfg.get("sampler"), cfg.sampler)
     log.info("%s checkpoint %s (sha256 %s…), %d images, sampler %s", model.family, cfg.ckpt,
-             model.checkpoint_sha256[:12], cfg.n, sampler if model.family == "diffusion" else "n/a")  # fmt: skip
-    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
+             model.checkpoint_sha256[:12], n, settings or "none (one pass)")  # fmt: skip
     batches = []
-    for start in range(0, int(cfg.n), int(cfg.batch_size)):
-        size = min(int(cfg.batch_size), int(cfg.n) - start)
+    for start in range(0, n, batch_size):
+        size = min(batch_size, n - start)
         part = None if labels is None else labels[start : start + size]
-        batches.append(to_uint8(model.sample(size, labels=part, generator=generator, progress=True, **sampler)))
+        noise = IndexedNoise.range(seed, start, size, device)
+        batches.append(to_uint8(model.sample(size, labels=part, generator=noise, progress=True, **(settings or {}))))
     images = torch.cat(batches)
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    extra = {"sampler": sampler["sampler"], "sampler_steps": sampler["steps"]} if model.family == "diffusion" else {}
-    for i, image in enumerate(images):
-        chunks = provenance_chunks(model.family, model.checkpoint_sha256, int(cfg.seed), index=i,
-                                   label="" if labels is None else int(labels[i]), **extra)  # fmt: skip
-        save_png(out / f"sample_{i:05d}.png", image, chunks)
-    nrow = cfg.nrow or (model.num_classes if labels is None and model.num_classes else 8)
-    grid_chunks = provenance_chunks(model.family, model.checkpoint_sha256, int(cfg.seed), **extra)
-    # The grid is not named sample_*.png so that `evaluate samples=DIR` can skip it.
-    save_png(out / "grid.png", make_grid(images, nrow=int(nrow)), grid_chunks)
-    print(json.dumps({"out": str(out), "n": int(cfg.n), "family": model.family, "grid": str(out / "grid.png")}))
+    extra = {} if settings is None else {"sampler": settings["sampler"], "sampler_steps": settings["steps"]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        for i, image in enumerate(images):
+            chunks = provenance_chunks(model.family, model.checkpoint_sha256, seed, index=i,
+                                       label="" if labels is None else int(labels[i]), **extra)  # fmt: skip
+            save_png(tmp / f"sample_{i:05d}.png", image, chunks)
+        os.replace(tmp, out)  # onto a new or empty folder: all samples appear at once
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    nrow = nrow or (model.num_classes if labels is None and model.num_classes else 8)
+    grid = grid_path(out)
+    save_png(grid, make_grid(images, nrow=nrow), provenance_chunks(model.family, model.checkpoint_sha256, seed, **extra))
+    print(json.dumps({"out": str(out), "n": n, "family": model.family, "grid": str(grid), "sampler": settings}))
     return out
 
 

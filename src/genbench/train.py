@@ -21,6 +21,8 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from genbench.cli import hydra_entry
 from genbench.errors import GenbenchError
+from genbench.metrics.config import check_metrics
+from genbench.metrics.store import write_score
 from genbench.models import Diverged, build_model, file_sha256
 from genbench.training.budget import Budget, BudgetCallback
 from genbench.training.callbacks import RunRecordCallback, SampleGridCallback
@@ -28,7 +30,7 @@ from genbench.training.checkpoint_io import AtomicCheckpointIO, PeriodicCheckpoi
 from genbench.training.csv_logger import RunCSVLogger
 from genbench.training.identity import check_same_training
 from genbench.training.preflight import check_train_config
-from genbench.training.record import RUN_JSON, git_commit, read_json, write_json
+from genbench.training.record import RUN_JSON, git_commit, read_json
 from genbench.training.run_folder import RunFolder
 from genbench.training.wandb_media import WandbMediaCallback
 
@@ -87,6 +89,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer
 def preflight(cfg: DictConfig) -> Budget:
     """Every check that needs nothing loaded, built or written: bad input ends here (training/preflight.py)."""
     check_train_config(cfg)
+    check_metrics(cfg.metrics)  # metrics.* (the extractor's name too) fail now, not after training
     return Budget(**cfg.budget)
 
 
@@ -184,7 +187,7 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
 
         metrics = evaluate_model(model, cfg.metrics, datamodule, sampler)
         metrics.update(ckpt=str(run_dir / "checkpoints" / "last.ckpt"), checkpoint_sha256=file_sha256(run_dir / "checkpoints" / "last.ckpt"))
-        write_json(run_dir / METRICS_JSON, metrics)
+        write_score(run_dir, metrics, own=True)  # metrics.json and metrics/<protocol>.json
         record["metrics"] = metrics
     if wandb_media is not None:
         wandb_media.finish(record)

@@ -1,29 +1,45 @@
 """One evaluator for every family: FID, IS, KID, precision/recall and memorization on one feature extractor.
 
-Metric formulas are torch-fidelity's; see :mod:`genbench.metrics.evaluator` for the record and
-:mod:`genbench.metrics.memorization` for the memorization score's definition.
+Metric formulas are torch-fidelity's; see :mod:`genbench.metrics.evaluator` for the record,
+:mod:`genbench.metrics.protocol` for what a protocol id names, :mod:`genbench.metrics.store` for where scores go
+and :mod:`genbench.metrics.memorization` for the memorization score's definition.
 """
 
+from genbench.metrics.config import MetricsConfig, check_metrics
 from genbench.metrics.evaluator import (
     CONTRACT_FIELDS,
     ImageSet,
-    MetricsConfig,
+    Plan,
     evaluate_images,
     evaluate_model,
     images_from_datamodule,
     images_from_path,
     images_from_tensor,
+    model_sampler,
+    plan_evaluation,
+    plan_model_evaluation,
+    run_model_evaluation,
     sample_images,
+    score_images,
 )
+from genbench.metrics.store import write_score
 
 __all__ = [
     "CONTRACT_FIELDS",
     "ImageSet",
     "MetricsConfig",
+    "Plan",
+    "check_metrics",
     "evaluate_images",
     "evaluate_model",
     "images_from_datamodule",
     "images_from_path",
     "images_from_tensor",
+    "model_sampler",
+    "plan_evaluation",
+    "plan_model_evaluation",
+    "run_model_evaluation",
     "sample_images",
+    "score_images",
+    "write_score",
 ]

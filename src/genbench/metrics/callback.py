@@ -1,9 +1,9 @@
 """FID during training, for FID-against-compute curves.
 
 Every ``every_n_steps`` training batches and/or every ``every_n_minutes`` of training, and once at the end, the
-callback samples ``n_samples`` images from ``pl_module.sample`` (the same noise each time, balanced labels for
-conditional models), scores them against the cached reference features of ``trainer.datamodule`` with the one
-evaluator's extractor, and logs ``fid``, ``wall_clock_s`` (training seconds, FID time excluded), ``images_seen``
+callback samples ``n_samples`` images from ``pl_module.sample`` (the same per-image noise each time, balanced labels
+for conditional models, the sampler settings the model says apply), scores them against the cached reference
+features of ``trainer.datamodule`` with the one evaluator's extractor, and logs ``fid``, ``wall_clock_s`` (training seconds, FID time excluded), ``images_seen``
 and ``fid_seconds`` to every logger (metrics.csv with the CSV logger).
 
 When the trainer has a budget callback (one with ``paused()`` and ``train_seconds``, as genbench's
@@ -26,6 +26,7 @@ from genbench.metrics.evaluator import (
     MetricsConfig,
     as_sampler_kwargs,
     images_from_datamodule,
+    model_sampler,
     reference_features,
     sample_images,
 )
@@ -39,7 +40,7 @@ class FIDCallback(pl.Callback):
     """Log FID against the data module's reference split while training.
 
     ``metrics_cfg`` is the ``metrics`` config (extractor, reference split, cache); ``sampler_kwargs`` the sampler
-    options passed to ``sample`` (``cfg.sampler``, or diffusion's ``sampler``, ``steps``, ... as keywords).
+    options (``cfg.sampler``, or ``sample``'s keywords), of which the model's ``sampler_settings`` keeps what applies.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class FIDCallback(pl.Callback):
         self.every_n_steps, self.every_n_minutes, self.n_samples = every_n_steps, every_n_minutes, int(n_samples)
         self.config = MetricsConfig.from_cfg(metrics_cfg)
         self.sampler = as_sampler_kwargs(sampler_kwargs)
+        self.settings: dict | None = None  # what applies to the model, known once it is
         self.seed, self.at_end = seed, at_end
         self.extractor: Extractor | None = None
         self.reference: dict[str, torch.Tensor] | None = None
@@ -77,6 +79,10 @@ class FIDCallback(pl.Callback):
         self._started = time.perf_counter()
         self._fid_seconds = 0.0
         self._last_eval_time = self._wall_clock(trainer)  # a resumed run waits a full period too
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # Asked at fit start, so settings that do not apply to this model fail before any training.
+        self.settings = model_sampler(pl_module, self.sampler)
 
     def _prepare(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
@@ -120,7 +126,7 @@ class FIDCallback(pl.Callback):
             pl_module.eval()
             try:
                 fake, _ = sample_images(
-                    pl_module, self.n_samples, self.config.batch_size, self.seed, self.sampler, pl_module.device
+                    pl_module, self.n_samples, self.config.batch_size, self.seed, self.settings, pl_module.device
                 )
             finally:
                 pl_module.train(was_training)

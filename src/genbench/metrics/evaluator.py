@@ -1,8 +1,11 @@
-"""The one evaluator: generated images against a reference, on one feature extractor.
+"""The one evaluator: generated images against a reference, on one feature extractor, under one protocol.
 
-:func:`evaluate_images` scores uint8 images; :func:`evaluate_model` samples a model through its ``sample``
-interface first. Both return the ``metrics.json`` record: the contract's fields first, then what explains them
-(adapted KID subset size and IS splits, memorization threshold, cache hits, timings).
+An evaluation is planned first (:func:`plan_evaluation`, :func:`plan_model_evaluation`): settings checked, the
+sampler settings asked of the model, the extractor built, the reference named, and so the protocol id known
+(:mod:`genbench.metrics.protocol`) before any image is sampled or scored, so commands can log it and check where
+they will write. :func:`score_images` and :func:`run_model_evaluation` then do the work. :func:`evaluate_images` and
+:func:`evaluate_model` do both. The result is the ``metrics.json`` record: the contract's fields first, then what
+explains them (protocol fields, adapted KID subset size and IS splits, memorization threshold, cache hits, timings).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import hashlib
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,65 +24,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from genbench.errors import GenbenchError
-from genbench.metrics.cache import DEFAULT_DIR, FeatureCache
+from genbench.metrics.cache import FeatureCache
+from genbench.metrics.config import SPLITS, MetricsConfig
 from genbench.metrics.extractors import Extractor, build_extractor
 from genbench.metrics.fidelity import score
 from genbench.metrics.memorization import memorization
+from genbench.metrics.protocol import Protocol, make_protocol, protocol_fields, reference_identity
+from genbench.noise import IndexedNoise
 
 log = logging.getLogger(__name__)
 
 CONTRACT_FIELDS = (
-    "extractor", "extractor_sha256", "n_real", "n_fake", "reference", "fid", "kid_mean", "kid_std", "is_mean", "is_std",
-    "precision", "recall", "memorization", "sampler", "sampler_steps", "sample_seconds_per_1k",
+    "protocol", "extractor", "extractor_sha256", "n_real", "n_fake", "reference", "fid", "kid_mean", "kid_std", "is_mean",
+    "is_std", "precision", "recall", "memorization", "sampler", "sampler_steps", "sample_seconds_per_1k",
 )  # fmt: skip
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class MetricsConfig:
-    """``metrics.*`` (conf/metrics/default.yaml holds the same defaults, with comments)."""
-
-    extractor: str = "auto"
-    inception_weights: str | None = None
-    extractor_weights: str | None = None
-    n_samples: int = 10000
-    reference_split: str = "test"
-    n_reference: int | None = None
-    memorization: bool = True
-    heldout_split: str = "test"
-    memorization_percentile: float = 5.0
-    batch_size: int = 250
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    isc_splits: int = 10
-    prc_neighborhood: int = 3
-    seed: int = 0
-    device: str = "auto"
-    cache_dir: str | None = DEFAULT_DIR
-
-    @classmethod
-    def from_cfg(cls, cfg: "MetricsConfig | DictConfig | dict | None") -> "MetricsConfig":
-        if isinstance(cfg, MetricsConfig):
-            return cfg
-        values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise GenbenchError(f"unknown metrics keys {sorted(unknown)} (expected some of {[f.name for f in fields(cls)]})")
-        config = cls(**values)
-        for split in (config.reference_split, config.heldout_split):
-            if split not in SPLITS:
-                raise GenbenchError(f"metrics split '{split}' is not one of {', '.join(SPLITS)}")
-        if config.n_samples < 1 or config.batch_size < 1:
-            raise GenbenchError("metrics.n_samples and metrics.batch_size must be positive")
-        return config
-
-    def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            return torch.device(self.device)
-        except RuntimeError as exc:
-            raise GenbenchError(f"metrics.device={self.device!r} is not a torch device (expected auto, cpu or cuda)") from exc
 
 
 @dataclass
@@ -90,6 +48,7 @@ class ImageSet:
     channels: int
     load: Callable[[], torch.Tensor]
     cache_fields: dict | None = None
+    count: int | None = None  # images it holds (known without loading them)
 
 
 def images_from_tensor(images: torch.Tensor, description: str = "tensor") -> ImageSet:
@@ -98,7 +57,7 @@ def images_from_tensor(images: torch.Tensor, description: str = "tensor") -> Ima
         raise GenbenchError(f"expected uint8 images (N, C, H, W), got {getattr(images, 'dtype', type(images))}")
     digest = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
     fields_ = {"content_sha256": digest, "shape": list(images.shape)}
-    return ImageSet(description, int(images.shape[1]), lambda: images, fields_)
+    return ImageSet(description, int(images.shape[1]), lambda: images, fields_, len(images))
 
 
 def images_from_path(path: str | Path) -> ImageSet:
@@ -114,22 +73,23 @@ def images_from_datamodule(datamodule, split: str, n: int | None = None) -> Imag
     """The first ``n`` (all when None) images of a split of a set-up :class:`ImageDataModule`."""
     if split not in SPLITS:
         raise GenbenchError(f"split '{split}' is not one of {', '.join(SPLITS)}")
+    channels = datamodule.channels  # first: sets the data module up, which gives it its fingerprint
+    count = len(datamodule.images(split))  # guards against split settings the fingerprint may not cover
+    if n is not None and n > count:
+        raise GenbenchError(f"asked for {n} {split} images as reference, the split holds {count}")
 
     def load() -> torch.Tensor:
         images = datamodule.images(split)
-        if n is not None and n > len(images):
-            raise GenbenchError(f"asked for {n} {split} images as reference, the split holds {len(images)}")
         return images if n is None else images[:n]
 
-    channels = datamodule.channels  # first: sets the data module up, which gives it its fingerprint
     if hasattr(datamodule, "split_fingerprint"):
         fingerprint = datamodule.split_fingerprint(split)
     else:  # a plain data module with one fingerprint for all its splits
         fingerprint = getattr(datamodule, "fingerprint", "")
-    count = len(datamodule.images(split))  # guards against split settings the fingerprint may not cover
     fields_ = {"data": fingerprint, "split": split, "n": n, "count": count, "image_size": datamodule.image_size}
     fields_ = fields_ if fingerprint else None
-    return ImageSet(f"{split} split ({fingerprint or 'unfingerprinted data'})", channels, load, fields_)
+    description = f"{split} split ({fingerprint or 'unfingerprinted data'})"
+    return ImageSet(description, channels, load, fields_, count if n is None else n)
 
 
 def progress_bar() -> Progress:
@@ -174,6 +134,102 @@ def reference_features(
     return features
 
 
+@dataclass
+class Plan:
+    """An evaluation settled before any work: checked settings, built extractor, named images, its protocol."""
+
+    config: MetricsConfig
+    extractor: Extractor
+    reference: ImageSet
+    n_fake: int
+    sampler: dict | None  # the model's sampler settings (``sampler_settings``); None: takes none, or bare images
+    train: ImageSet | None = None
+    heldout: ImageSet | None = None
+    protocol: Protocol | None = None
+
+    @property
+    def memorization(self) -> bool:
+        return bool(self.config.memorization and self.train is not None and self.heldout is not None)
+
+
+def _as_set(images, name: str) -> ImageSet | None:
+    if images is None or isinstance(images, ImageSet):
+        return images
+    return images_from_tensor(images, name) if torch.is_tensor(images) else images_from_path(images)
+
+
+def plan_evaluation(
+    cfg_metrics: MetricsConfig | DictConfig | dict | None,
+    reference: torch.Tensor | str | Path | ImageSet,
+    n_fake: int,
+    *,
+    sampler: dict | None = None,
+    train: ImageSet | torch.Tensor | None = None,
+    heldout: ImageSet | torch.Tensor | None = None,
+) -> Plan:
+    """Check the settings, build the extractor and name the protocol of scoring ``n_fake`` images."""
+    config = MetricsConfig.from_cfg(cfg_metrics)
+    reference, train, heldout = _as_set(reference, "reference"), _as_set(train, "train"), _as_set(heldout, "heldout")
+    extractor = build_extractor(
+        config.extractor, reference.channels, config.torch_device(), config.inception_weights, config.extractor_weights
+    )
+    log.info("extractor %s (weights sha256 %s...) on %s", extractor.name, extractor.weights_sha256[:12], extractor.device)
+    plan = Plan(config, extractor, reference, int(n_fake), sampler, train, heldout)
+    n_real = reference.count if reference.count is not None else len(reference.load())
+    fields = protocol_fields(
+        config, extractor.name, extractor.weights_sha256, reference_identity(reference.cache_fields, reference.description),
+        n_real, plan.n_fake, sampler, extractor.isc_layer is not None, plan.memorization,
+    )  # fmt: skip
+    plan.protocol = make_protocol(fields)
+    return plan
+
+
+def score_images(plan: Plan, fake: torch.Tensor, progress: Progress | None = None) -> dict:
+    """The record of generated uint8 images (N, C, H, W) under ``plan``."""
+    if not (torch.is_tensor(fake) and fake.dtype == torch.uint8 and fake.dim() == 4):
+        raise GenbenchError(f"generated images must be uint8 (N, C, H, W), got {getattr(fake, 'dtype', type(fake))}")
+    if len(fake) != plan.n_fake:
+        raise GenbenchError(f"planned to score {plan.n_fake} generated images, got {len(fake)}")
+    config, extractor = plan.config, plan.extractor
+    cache, memo = FeatureCache(config.cache_dir), {}
+    started = time.perf_counter()
+    with nullcontext(progress) if progress is not None else progress_bar() as bar:
+        fake_features = extractor.features(fake, config.batch_size, bar, "generated features")
+        real_features = reference_features(extractor, plan.reference, cache, config, bar, "reference", memo)
+        record = {
+            "protocol": plan.protocol.id,
+            "extractor": extractor.name,
+            "extractor_sha256": extractor.weights_sha256,
+            "n_real": len(real_features[extractor.feature_layer]),
+            "n_fake": len(fake),
+            "reference": plan.reference.description,
+        }
+        if record["n_real"] != plan.protocol.fields["n_real"]:
+            raise GenbenchError(f"the reference holds {record['n_real']} images, the plan said {plan.protocol.fields['n_real']}")
+        record.update(
+            score(
+                fake_features, real_features, extractor.feature_layer, extractor.isc_layer, config.kid_subsets,
+                config.kid_subset_size, config.isc_splits, config.prc_neighborhood, seed=2020 + config.seed,
+            )  # fmt: skip
+        )
+        record["memorization"] = None
+        if plan.memorization:
+            layer = extractor.feature_layer
+            train_features = reference_features(extractor, plan.train, cache, config, bar, "train", memo)[layer]
+            heldout_features = reference_features(extractor, plan.heldout, cache, config, bar, "held-out", memo)[layer]
+            record.update(
+                memorization(fake_features[layer], train_features, heldout_features, config.memorization_percentile)
+            )
+    sampler = plan.sampler or {}
+    record.update(
+        sampler=sampler.get("sampler"), sampler_steps=sampler.get("steps"), sample_seconds_per_1k=None,
+        sampler_settings=plan.sampler, scoring_protocol=plan.protocol.scoring_id, protocol_fields=plan.protocol.fields,
+        score_seconds=round(time.perf_counter() - started, 2), cache_hits=cache.hits, cache_misses=cache.misses,
+        metrics_config=asdict(config),
+    )  # fmt: skip
+    return {k: record[k] for k in CONTRACT_FIELDS} | {k: v for k, v in record.items() if k not in CONTRACT_FIELDS}
+
+
 def evaluate_images(
     fake: torch.Tensor,
     reference: torch.Tensor | str | Path | ImageSet,
@@ -188,47 +244,10 @@ def evaluate_images(
     Memorization needs ``train`` (what the model was trained on) and ``heldout`` (real images it never saw); it is
     None without them or with ``metrics.memorization=false``.
     """
-    config = MetricsConfig.from_cfg(cfg_metrics)
-    as_set = lambda x, name: x if isinstance(x, ImageSet) or x is None else (  # noqa: E731
-        images_from_tensor(x, name) if torch.is_tensor(x) else images_from_path(x))
-    reference, train, heldout = as_set(reference, "reference"), as_set(train, "train"), as_set(heldout, "heldout")
     if not (torch.is_tensor(fake) and fake.dtype == torch.uint8 and fake.dim() == 4):
         raise GenbenchError(f"generated images must be uint8 (N, C, H, W), got {getattr(fake, 'dtype', type(fake))}")
-    extractor = build_extractor(
-        config.extractor, reference.channels, config.torch_device(), config.inception_weights, config.extractor_weights
-    )
-    log.info("extractor %s (weights sha256 %s...) on %s", extractor.name, extractor.weights_sha256[:12], extractor.device)
-    cache, memo = FeatureCache(config.cache_dir), {}
-    started = time.perf_counter()
-    with nullcontext(progress) if progress is not None else progress_bar() as bar:
-        fake_features = extractor.features(fake, config.batch_size, bar, "generated features")
-        real_features = reference_features(extractor, reference, cache, config, bar, "reference", memo)
-        record = {
-            "extractor": extractor.name,
-            "extractor_sha256": extractor.weights_sha256,
-            "n_real": len(real_features[extractor.feature_layer]),
-            "n_fake": len(fake),
-            "reference": reference.description,
-        }
-        record.update(
-            score(
-                fake_features, real_features, extractor.feature_layer, extractor.isc_layer, config.kid_subsets,
-                config.kid_subset_size, config.isc_splits, config.prc_neighborhood, seed=2020 + config.seed,
-            )  # fmt: skip
-        )
-        record["memorization"] = None
-        if config.memorization and train is not None and heldout is not None:
-            layer = extractor.feature_layer
-            train_features = reference_features(extractor, train, cache, config, bar, "train", memo)[layer]
-            heldout_features = reference_features(extractor, heldout, cache, config, bar, "held-out", memo)[layer]
-            record.update(
-                memorization(fake_features[layer], train_features, heldout_features, config.memorization_percentile)
-            )
-    record.update(
-        sampler=None, sampler_steps=None, sample_seconds_per_1k=None, score_seconds=round(time.perf_counter() - started, 2),
-        cache_hits=cache.hits, cache_misses=cache.misses, metrics_config=asdict(config),
-    )  # fmt: skip
-    return {k: record[k] for k in CONTRACT_FIELDS} | {k: v for k, v in record.items() if k not in CONTRACT_FIELDS}
+    plan = plan_evaluation(cfg_metrics, reference, len(fake), train=train, heldout=heldout)
+    return score_images(plan, fake, progress)
 
 
 def as_sampler_kwargs(sampler: DictConfig | dict | None) -> dict:
@@ -241,15 +260,28 @@ def as_sampler_kwargs(sampler: DictConfig | dict | None) -> dict:
     return kwargs
 
 
+def model_sampler(model, sampler: DictConfig | dict | None) -> dict | None:
+    """The settings ``model`` samples with, from ``cfg.sampler``: asked of the model (None: it takes no sampler)."""
+    return model.sampler_settings(as_sampler_kwargs(sampler))
+
+
+def balanced_labels(model, n: int) -> torch.Tensor | None:
+    """Image i of a class-conditional model gets class i mod C: equal counts, the same at any batch size."""
+    return None if model.num_classes is None else torch.arange(n) % model.num_classes
+
+
 @torch.no_grad()
 def sample_images(
-    model, n: int, batch_size: int, seed: int, sampler_kwargs: dict, device: torch.device, progress: Progress | None = None
+    model, n: int, batch_size: int, seed: int, sampler: dict | None, device: torch.device, progress: Progress | None = None
 ) -> tuple[torch.Tensor, float]:
-    """``n`` uint8 samples (balanced labels for conditional models) and the seconds spent sampling."""
+    """``n`` uint8 samples and the seconds spent sampling; ``sampler``: settings from :func:`model_sampler`.
+
+    Image i's noise is the stream of ``(seed, i)`` and its label is i mod C, so the images do not depend on the
+    batch size or the device.
+    """
     from genbench.imageio import to_uint8
 
-    generator = torch.Generator(device=device).manual_seed(seed)
-    labels = None if model.num_classes is None else torch.arange(n, device=device) % model.num_classes
+    labels = balanced_labels(model, n)
     task = progress.add_task(f"sampling {model.family}", total=n) if progress is not None else None
     batches = []
     if device.type == "cuda":
@@ -257,8 +289,9 @@ def sample_images(
     started = time.perf_counter()
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
-        batch_labels = None if labels is None else labels[start : start + count]
-        batches.append(to_uint8(model.sample(count, labels=batch_labels, generator=generator, **sampler_kwargs)))
+        batch_labels = None if labels is None else labels[start : start + count].to(device)
+        noise = IndexedNoise.range(seed, start, count, device)
+        batches.append(to_uint8(model.sample(count, labels=batch_labels, generator=noise, **(sampler or {}))))
         if progress is not None:
             progress.advance(task, count)
     if device.type == "cuda":
@@ -266,29 +299,39 @@ def sample_images(
     return torch.cat(batches), time.perf_counter() - started
 
 
-def evaluate_model(model, cfg_metrics, datamodule, sampler_kwargs: DictConfig | dict | None = None) -> dict:
-    """Sample ``metrics.n_samples`` images from ``model`` and score them against ``datamodule``'s reference split.
+def plan_model_evaluation(model, cfg_metrics, datamodule, sampler: DictConfig | dict | None = None) -> Plan:
+    """Plan scoring ``metrics.n_samples`` images of ``model`` against ``datamodule``'s reference split.
 
     Memorization compares with the model's training images (``datamodule``'s train split, honouring
     ``data.subset``) and ``metrics.heldout_split``.
     """
     config = MetricsConfig.from_cfg(cfg_metrics)
-    device = config.torch_device()
-    kwargs = as_sampler_kwargs(sampler_kwargs)
+    settings = model_sampler(model, sampler)  # bad or inapplicable sampler settings fail here, before any work
+    return plan_evaluation(
+        config,
+        images_from_datamodule(datamodule, config.reference_split, config.n_reference),
+        config.n_samples,
+        sampler=settings,
+        train=images_from_datamodule(datamodule, "train"),
+        heldout=images_from_datamodule(datamodule, config.heldout_split),
+    )
+
+
+def run_model_evaluation(model, plan: Plan) -> dict:
+    """Sample ``plan.n_fake`` images from ``model`` and score them under ``plan``."""
+    device = plan.config.torch_device()
     model = model.to(device).eval()
-    log.info("sampling %d images from the %s model (%s) on %s", config.n_samples, model.family, kwargs or "-", device)
+    log.info("sampling %d images from the %s model (sampler %s) on %s", plan.n_fake, model.family,
+             plan.sampler or "none: one pass", device)  # fmt: skip
     with progress_bar() as bar:
-        fake, seconds = sample_images(model, config.n_samples, config.batch_size, config.seed, kwargs, device, bar)
-        record = evaluate_images(
-            fake,
-            images_from_datamodule(datamodule, config.reference_split, config.n_reference),
-            config,
-            train=images_from_datamodule(datamodule, "train"),
-            heldout=images_from_datamodule(datamodule, config.heldout_split),
-            progress=bar,
-        )
-    # Only samplers with options (diffusion's) are recorded; GAN and VAE sample in one pass whatever is passed.
-    if getattr(model, "family", None) == "diffusion" and kwargs:
-        record.update(sampler=kwargs.get("sampler"), sampler_steps=kwargs.get("steps"))
-    record.update(sample_seconds_per_1k=round(seconds / config.n_samples * 1000, 3), family=model.family, device=str(device))
+        fake, seconds = sample_images(model, plan.n_fake, plan.config.batch_size, plan.config.seed, plan.sampler, device, bar)
+        record = score_images(plan, fake, bar)
+    record.update(sample_seconds_per_1k=round(seconds / plan.n_fake * 1000, 3), family=model.family, device=str(device))
+    if plan.sampler is not None and hasattr(model, "sampler_nfe"):
+        record["sampler_nfe"] = model.sampler_nfe(**plan.sampler)
     return record
+
+
+def evaluate_model(model, cfg_metrics, datamodule, sampler: DictConfig | dict | None = None) -> dict:
+    """Plan and run the evaluation of ``model`` (see :func:`plan_model_evaluation`)."""
+    return run_model_evaluation(model, plan_model_evaluation(model, cfg_metrics, datamodule, sampler))

@@ -116,7 +116,17 @@ def resolve_name(requested: str, inception_weights: str | None, channels: int) -
             )
         log.info("metrics.extractor=auto -> %s", chosen)
         return chosen
-    name = ALIASES.get(requested, requested)
+    return check_name(requested)
+
+
+def check_name(requested: str) -> str:
+    """The registry name for ``metrics.extractor`` (``auto`` stays ``auto``); an unknown name is a user error.
+
+    Cheap (no weights are loaded), so commands check it before any data, training or sampling.
+    """
+    if requested == AUTO:
+        return AUTO
+    name = ALIASES.get(str(requested), str(requested))
     if name not in FEATURE_EXTRACTORS_REGISTRY:
         known = sorted({AUTO, FMNIST, *ALIASES, *FEATURE_EXTRACTORS_REGISTRY} - {"vgg16"})
         raise GenbenchError(f"unknown metrics.extractor={requested!r} (expected one of {', '.join(known)})")

@@ -149,6 +149,25 @@ class GenerativeModule(pl.LightningModule):
         """``n`` images in [-1, 1], shape (n, C, H, W), from the EMA weights."""
         raise NotImplementedError
 
+    def sampler_settings(self, sampler: dict | None) -> dict | None:
+        """The sampler settings that apply to this model, checked and complete; None when it takes no sampler.
+
+        ``sampler``: ``sample``'s keywords from ``cfg.sampler`` (``sampler``, ``steps``, ``eta``, ``guidance_scale``).
+        Evaluation, ``genbench.sample`` and the callbacks ask this rather than the family's name, pass what it
+        returns to ``sample`` and record it (it enters the evaluation protocol). This default is for families that
+        sample in one pass (GAN, VAE): no sampler, and no guidance, so a scale other than 1 is refused rather than
+        accepted and ignored.
+        """
+        guidance = (sampler or {}).get("guidance_scale")
+        try:
+            unguided = guidance is None or float(guidance) == 1.0
+        except (TypeError, ValueError):
+            unguided = False
+        if not unguided:
+            raise GenbenchError(f"sampler.guidance_scale={guidance}, but the {self.family} model has no guidance "
+                                "(it samples in one pass): leave sampler.guidance_scale at 1")  # fmt: skip
+        return None
+
     def set_training_view(self, name: str, net: nn.Module) -> None:
         """``self.<name>``: the network the training step calls, compiled when ``model.compile=true``.
 

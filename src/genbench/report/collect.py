@@ -1,4 +1,7 @@
-"""Every run under a sweep folder: its run.json, resolved config.yaml and (when evaluated) metrics.json.
+"""Every run under a sweep folder: its run.json, resolved config.yaml and (when evaluated) its scores.
+
+Scores are read from ``metrics.json`` (the run's own protocol) and ``metrics/<protocol>.json`` (every protocol it
+was scored under); records written before protocol ids existed get a ``legacy-`` id from what they hold.
 
 A run's *setting* is what it was trained under besides its family and seed: the hardware, plus every config
 value that differs between runs of the same family (a swept ``model.beta`` or ``budget.max_images``, say).
@@ -12,20 +15,21 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from genbench.errors import GenbenchError
+from genbench.metrics.protocol import record_protocol
+from genbench.metrics.store import read_scores
 
 log = logging.getLogger(__name__)
 
 # Config keys that say where or how a run was kept or watched, never what was trained: they make no setting.
-# (hardware is part of every setting by its name; metrics.* already splits the tables by evaluation protocol.)
+# (hardware is part of every setting by its name; metrics.* and sampler.* are the protocol's, which splits tables and rows.)
 IGNORED_KEYS = {"seed", "resume", "evaluate", "data.seed"}
-IGNORED_PREFIXES = ("paths.", "hydra.", "logger.", "callbacks.", "hardware.", "metrics.")
+IGNORED_PREFIXES = ("paths.", "hydra.", "logger.", "callbacks.", "hardware.", "metrics.", "sampler.")
 IGNORED_SUFFIXES = ("_dir", ".root", "checkpoint_every_n_steps", "checkpoint_every_n_minutes")
 
 
@@ -34,9 +38,10 @@ class Run:
     path: Path
     record: dict
     config: dict | None = None
-    metrics: dict | None = None
+    metrics: dict | None = None  # metrics.json: the run's own protocol (or, in a table entry, that entry's score)
     overrides: list[str] | None = None  # the Hydra job overrides (.hydra/overrides.yaml), when kept
     setting: str = ""
+    scores: list[dict] = field(default_factory=list)  # every score of the run, one per protocol (metrics/*.json)
 
     @property
     def family(self) -> str:
@@ -60,18 +65,18 @@ class Run:
         return f"{hw.get('accelerator', '?')}-{hw.get('precision', '?')}"
 
     @property
-    def protocol(self) -> tuple | None:
-        """What makes metrics comparable: the same extractor (and weights), sample counts and reference images.
+    def protocol(self) -> str | None:
+        """The protocol id of ``metrics`` (genbench.metrics.protocol; records older than ids get a ``legacy-`` one)."""
+        return None if not self.metrics else record_protocol(self.metrics).id
 
-        The evaluator names the reference by its split's fingerprint. The test split's carries no seed; a val
-        split's (and older records' test split's) carries the run's data seed, which only reshuffles the train/val
-        split, so it is dropped here: seeds of one study share one protocol.
-        """
-        if not self.metrics:
-            return None
-        m = self.metrics
-        reference = re.sub(r"-seed\d+", "", str(m.get("reference")))
-        return (m.get("extractor"), m.get("extractor_sha256"), m.get("n_fake"), m.get("n_real"), reference)
+    @property
+    def scoring_protocol(self) -> str | None:
+        """The protocol without the sampler: what a table shares (a GAN row beside a DDIM diffusion row)."""
+        return None if not self.metrics else record_protocol(self.metrics).scoring_id
+
+    def with_score(self, metrics: dict | None) -> "Run":
+        """This run as scored under one protocol: a report table holds one such entry per run and protocol."""
+        return replace(self, metrics=metrics)
 
     @property
     def checkpoint(self) -> Path | None:
@@ -117,10 +122,10 @@ def load_run(run_json: Path) -> Run | None:
         return None
     folder = run_json.parent
     config = _read_yaml(folder / "config.yaml")
-    metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
+    metrics, scores = read_scores(folder)
     overrides = _read_yaml(folder / ".hydra" / "overrides.yaml")
     return Run(folder, record, config if isinstance(config, dict) else None, metrics,
-               [str(o) for o in overrides] if isinstance(overrides, list) else None)  # fmt: skip
+               [str(o) for o in overrides] if isinstance(overrides, list) else None, scores=scores)  # fmt: skip
 
 
 def find_runs(sweep: Path) -> list[Run]:

@@ -96,11 +96,14 @@ def load(run: Run, device: torch.device):
 
 @torch.no_grad()
 def draw(model, n: int, seed: int, sampler: dict, labels=None) -> torch.Tensor:
-    """``n`` uint8 samples from a fixed seed; balanced labels for conditional models unless given."""
-    generator = torch.Generator(device=model.device).manual_seed(int(seed))
+    """``n`` uint8 samples, image i from the noise stream of ``(seed, i)``; balanced labels for conditional models
+    unless given. ``sampler``: ``sample``'s keywords, of which the model keeps what applies to it."""
+    from genbench.noise import IndexedNoise
+
     if labels is None and model.num_classes:
         labels = torch.arange(n) % model.num_classes
-    return to_uint8(model.sample(n, labels=labels, generator=generator, **sampler))
+    settings = model.sampler_settings(sampler) or {}
+    return to_uint8(model.sample(n, labels=labels, generator=IndexedNoise.range(int(seed), 0, n, model.device), **settings))
 
 
 def _show(ax, grid: torch.Tensor) -> None:
@@ -132,9 +135,9 @@ def sample_grids(runs: list[Run], out: Path, fig_dir: Path, rows: int, seed: int
     for family, run in chosen.items():
         model, run_cfg = load(run, device)
         cols = model.num_classes or 10
-        sampler = sampler_kwargs(run_cfg)
-        images = draw(model, rows * cols, seed, sampler)
-        extra = {"sampler": sampler["sampler"], "sampler_steps": sampler["steps"]} if family == "diffusion" else {}
+        settings = model.sampler_settings(sampler_kwargs(run_cfg))  # None: the model takes no sampler
+        images = draw(model, rows * cols, seed, settings or {})
+        extra = {"sampler": settings["sampler"], "sampler_steps": settings["steps"]} if settings else {}
         fig, ax = plt.subplots(figsize=(cols * 0.6, rows * 0.6 + 0.4))
         _show(ax, make_grid(images, nrow=cols))
         ax.set_title(f"{family} ({run.setting}, seed {run.seed})", fontsize=8)

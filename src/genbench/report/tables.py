@@ -1,8 +1,11 @@
 """Paper-style tables: mean ± std over seeds per family and setting, one table per evaluation protocol.
 
-Metrics are only comparable on the same extractor (and weights), sample counts and reference images, so each
-such protocol gets its own table; runs without metrics.json get one of their own, with – for every metric.
-Runs that did not complete are never averaged in; they are listed below the tables with their status.
+Metrics are only comparable under one protocol (genbench.metrics.protocol). A table holds the scores of one
+*scoring* protocol (extractor and weights, reference, counts, metric settings, seed): every family's, so a GAN
+sits beside a diffusion model sampled with DDIM. A row holds the seeds of one family and setting under one *full*
+protocol (the scoring one plus the sampler), so no row and no average ever mixes protocols; a run scored under
+several protocols appears once in each. Captions name the protocol ids. Runs without scores get a table of their
+own, with – for every metric. Runs that did not complete are never averaged in; they are listed below the tables.
 """
 
 from __future__ import annotations
@@ -57,6 +60,20 @@ class Group:
     family: str
     setting: str
     runs: list[Run]
+    protocol: str | None = None  # the full protocol id every run of the row was scored under
+    label: str = ""  # the setting as shown: with the sampler when rows of one family and setting differ by it
+
+    def sampler(self) -> str | None:
+        """The sampler of this row's protocol, readably (``ddim, 20 steps, eta 0``), or None."""
+        metrics = self.runs[0].metrics or {}
+        settings = metrics.get("sampler_settings") or (metrics.get("protocol_fields") or {}).get("sampler")
+        if not settings and metrics.get("sampler"):
+            settings = {"sampler": metrics["sampler"], "steps": metrics.get("sampler_steps")}
+        if not settings:
+            return None
+        extra = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(settings.items())
+                 if k not in ("sampler", "steps") and v is not None]  # fmt: skip
+        return ", ".join([f"{settings.get('sampler')}", f"{settings.get('steps')} steps", *extra])
 
     def values(self, q: Quantity) -> list[float]:
         out = []
@@ -77,7 +94,7 @@ class Group:
 
 @dataclass
 class Table:
-    protocol: tuple | None
+    protocol: str | None  # the scoring protocol id its scores share; None: runs without scores
     groups: list[Group]
     caption: str = ""
     show_setting: bool = False
@@ -95,32 +112,50 @@ class Summary:
     notes: list[str] = field(default_factory=list)
 
 
+def entries(run: Run) -> list[Run]:
+    """The run once per protocol it was scored under (once, without metrics, when it has no score)."""
+    scores = run.scores or ([run.metrics] if run.metrics else [])
+    return [run.with_score(score) for score in scores] or [run.with_score(None)]
+
+
 def build_summary(runs: list[Run], missing: list[str]) -> Summary:
     completed = [r for r in runs if r.status == "completed"]
     excluded = [r for r in runs if r.status != "completed"]
-    by_protocol: dict[tuple | None, list[Run]] = {}
-    for run in completed:
-        by_protocol.setdefault(run.protocol, []).append(run)
+    by_protocol: dict[str | None, list[Run]] = {}
+    for entry in (e for run in completed for e in entries(run)):
+        by_protocol.setdefault(entry.scoring_protocol, []).append(entry)
     # The protocol with the most runs first; the table without metrics last.
     order = sorted(by_protocol, key=lambda p: (p is None, -len(by_protocol[p]), str(p)))
     tables = []
     for protocol in order:
-        groups: dict[tuple[str, str], list[Run]] = {}
-        for run in by_protocol[protocol]:
-            groups.setdefault((run.family, run.setting), []).append(run)
-        table = Table(protocol, [Group(f, s, rs) for (f, s), rs in groups.items()])
-        table.show_setting = len({g.setting for g in table.groups}) > 1
+        groups: dict[tuple[str, str, str | None], list[Run]] = {}
+        for entry in by_protocol[protocol]:
+            groups.setdefault((entry.family, entry.setting, entry.protocol), []).append(entry)
+        table = Table(protocol, [Group(f, s, rs, p) for (f, s, p), rs in groups.items()])
+        label_rows(table)
         table.caption = caption(table)
         tables.append(table)
     summary = Summary(tables, excluded, missing)
     if len([p for p in by_protocol if p is not None]) > 1:
-        summary.notes.append("Runs were scored under different evaluation protocols (extractor, sample counts or "
-                             "reference); each protocol has its own table and none are averaged together.")  # fmt: skip
+        summary.notes.append("Scores were made under different evaluation protocols (extractor, reference, sample "
+                             "counts or metric settings); each protocol has its own table and none are averaged "
+                             "together.")  # fmt: skip
     no_metrics = len(by_protocol.get(None, []))
     if no_metrics:
-        summary.notes.append(f"{no_metrics} completed run(s) have no metrics.json (evaluate=false, or the evaluation "
+        summary.notes.append(f"{no_metrics} completed run(s) have no score (evaluate=false, or the evaluation "
                              "failed): their metrics show –.")  # fmt: skip
     return summary
+
+
+def label_rows(table: Table) -> None:
+    """Show the setting column when rows differ by it, and a row's sampler where one family's rows differ by it."""
+    protocols: dict[tuple[str, str], set] = {}
+    for group in table.groups:
+        protocols.setdefault((group.family, group.setting), set()).add(group.protocol)
+    for group in table.groups:
+        sampler = group.sampler() if len(protocols[(group.family, group.setting)]) > 1 else None
+        group.label = ", ".join(p for p in (group.setting, sampler and f"sampler {sampler}") if p)
+    table.show_setting = len({g.label for g in table.groups}) > 1
 
 
 def _unique(values) -> list[str]:
@@ -132,15 +167,15 @@ def caption(table: Table) -> str:
     datasets = _unique((r.config or {}).get("data", {}).get("source") for r in runs)
     parts = [f"{' / '.join(datasets) or 'Generative models'}: mean ± std over seeds (n runs per row)."]
     if table.protocol is None:
-        parts.append("No metrics.json: metric columns show –.")
+        parts.append("No scores: metric columns show –.")
     else:
-        extractor, sha, n_fake, n_real, reference = table.protocol
-        parts.append(f"Metrics on {extractor} features (weights sha256 {str(sha)[:12]}), n_fake={n_fake} generated "
-                     f"against n_real={n_real} real images ({reference}).")  # fmt: skip
-        samplers = _unique(f"{r.metrics.get('sampler')}, {r.metrics.get('sampler_steps')} steps" for r in runs
-                           if r.family == "diffusion" and r.metrics.get("sampler"))  # fmt: skip
+        m = runs[0].metrics
+        parts.append(f"Protocol {table.protocol}: {m.get('extractor')} features (weights sha256 "
+                     f"{str(m.get('extractor_sha256'))[:12]}), n_fake={m.get('n_fake')} generated against "
+                     f"n_real={m.get('n_real')} real images ({m.get('reference')}).")  # fmt: skip
+        samplers = _unique(f"{g.family} {g.sampler()} (protocol {g.protocol})" for g in table.groups if g.sampler())
         if samplers:
-            parts.append(f"Diffusion sampler: {'; '.join(samplers)}.")
+            parts.append(f"Sampled with: {'; '.join(samplers)}.")
     hardware = _unique(f"{(r.record.get('hardware') or {}).get('device_name', '?')} "
                        f"({(r.record.get('hardware') or {}).get('precision', '?')})" for r in runs)  # fmt: skip
     parts.append(f"Hardware: {'; '.join(hardware) or 'unknown'}.")
@@ -187,7 +222,7 @@ def cells(table: Table, style: str) -> list[list[str]]:
     best = {q.key: best_mean_text(table, q) for q in QUANTITIES if q.better}
     rows = []
     for group in table.groups:
-        row = [group.family] + ([group.setting] if table.show_setting else []) + [str(len(group.runs))]
+        row = [group.family] + ([group.label] if table.show_setting else []) + [str(len(group.runs))]
         for q in QUANTITIES:
             stat = group.stat(q)
             if stat.mean is None:
@@ -289,9 +324,13 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def protocol_fields(protocol: tuple | None) -> dict:
-    names = ("extractor", "extractor_sha256", "n_fake", "n_real", "reference")
-    return dict(zip(names, protocol if protocol else (None,) * len(names)))
+PROTOCOL_COLUMNS = ("extractor", "extractor_sha256", "n_fake", "n_real", "reference", "sampler", "sampler_steps")
+
+
+def protocol_columns(run: Run) -> dict:
+    """The protocol ids of a run's score (or entry) and the facts that explain them."""
+    m = run.metrics or {}
+    return {"scoring_protocol": run.scoring_protocol, "protocol": run.protocol, **{k: m.get(k) for k in PROTOCOL_COLUMNS}}
 
 
 def table_rows(summary: Summary) -> list[dict]:
@@ -299,7 +338,7 @@ def table_rows(summary: Summary) -> list[dict]:
     rows = []
     for i, table in enumerate(summary.tables, 1):
         for group in table.groups:
-            row = {"table": i, **protocol_fields(table.protocol), "family": group.family, "setting": group.setting,
+            row = {"table": i, **protocol_columns(group.runs[0]), "family": group.family, "setting": group.label,
                    "n": len(group.runs), "seeds": " ".join(str(r.seed) for r in group.runs)}  # fmt: skip
             for q in QUANTITIES:
                 stat = group.stat(q)
@@ -313,18 +352,22 @@ def _raw(value: float | None, q: Quantity) -> float | None:
 
 
 def run_rows(runs: list[Run]) -> list[dict]:
-    """One row per run, whatever its status: the run record, its setting and its metrics."""
+    """One row per run, whatever its status: the run record, its setting, and its own protocol's metrics (metrics.json).
+
+    Hardware columns are ``hardware_*`` so that none shares a name with a metric (``precision``).
+    """
     rows = []
     for run in runs:
         hw = run.record.get("hardware") or {}
         row = {"family": run.family, "seed": run.seed, "status": run.status, "stop_reason": run.record.get("stop_reason"),
-               "setting": run.setting, "hardware": run.hardware, "device_name": hw.get("device_name"),
-               "precision": hw.get("precision"), "git_commit": run.record.get("git_commit")}  # fmt: skip
+               "setting": run.setting, "hardware_name": run.hardware, "hardware_device": hw.get("device_name"),
+               "hardware_precision": hw.get("precision"), "git_commit": run.record.get("git_commit")}  # fmt: skip
         for key in ("params", "images_seen", "steps", "train_seconds", "img_per_s", "peak_mem_mb"):
             row[key] = run.record.get(key)
-        row |= protocol_fields(run.protocol)
+        row |= protocol_columns(run)
         for key in METRIC_KEYS:
             row[key] = (run.metrics or {}).get(key)
+        row["all_protocols"] = " ".join(sorted(e.protocol for e in entries(run) if e.protocol))
         row["path"] = str(run.path)
         rows.append(row)
     return rows

@@ -9,6 +9,7 @@ import torch
 from pytorch_lightning.callbacks import RichProgressBar
 
 from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
+from genbench.noise import IndexedNoise
 from genbench.training.budget import BudgetCallback
 from genbench.training.record import RUN_JSON, hardware_info, now, peak_memory_mb, read_json, write_json
 
@@ -55,21 +56,32 @@ class RunRecordCallback(pl.Callback):
 
 
 class SampleGridCallback(pl.Callback):
-    """A grid from the same noise every ``every_n_steps`` batches and at the end: samples/step_NNNNNN.png."""
+    """A grid from the same noise every ``every_n_steps`` batches and at the end: samples/step_NNNNNN.png.
+
+    Cell i always has the noise stream of ``(seed, i)`` (:class:`genbench.noise.IndexedNoise`), so grids of one
+    run show the same draws as training goes, and match ``genbench.sample`` with the same seed and labels.
+    """
 
     def __init__(self, run_dir: Path, every_n_steps: int, n: int, seed: int, budget: BudgetCallback, sampler: dict):
         self.dir = Path(run_dir) / "samples"
         self.every, self.n, self.seed, self.budget, self.sampler = every_n_steps, n, seed, budget, sampler
+        self.settings: dict | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # The model says which sampler settings apply (none for one-pass families); asked before any training.
+        self.settings = pl_module.sampler_settings(self.sampler)
 
     def save(self, pl_module) -> Path:
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         labels, n = None, self.n
         if pl_module.num_classes:  # one column per class, whole rows only
             n = -(-self.n // pl_module.num_classes) * pl_module.num_classes
             labels = torch.arange(n) % pl_module.num_classes
+        if self.settings is None and self.sampler:
+            self.settings = pl_module.sampler_settings(self.sampler)
         was_training = pl_module.training
         pl_module.eval()
-        images = pl_module.sample(n, labels=labels, generator=generator, **self.sampler)
+        noise = IndexedNoise.range(self.seed, 0, n, pl_module.device)
+        images = pl_module.sample(n, labels=labels, generator=noise, **(self.settings or {}))
         pl_module.train(was_training)
         nrow = pl_module.num_classes or 8
         path = self.dir / f"step_{self.budget.steps:06d}.png"

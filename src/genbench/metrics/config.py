@@ -1,0 +1,103 @@
+"""``metrics.*``: the evaluator's settings, checked in full before any data is loaded or any image is sampled.
+
+conf/metrics/default.yaml holds the same defaults, with comments. :meth:`MetricsConfig.from_cfg` is the check every
+command runs first (train's preflight, evaluate, the report's FID curve): types, ranges, split names, weight files
+and the extractor's name, so ``metrics.extractor=bogus evaluate=true`` fails at once rather than after training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from genbench.errors import GenbenchError
+from genbench.metrics.cache import DEFAULT_DIR
+
+SPLITS = ("train", "val", "test")
+# Settings that decide where and how fast a score is computed, never its value (see genbench.metrics.protocol).
+MACHINE_KEYS = ("batch_size", "device", "cache_dir")
+
+
+@dataclass
+class MetricsConfig:
+    extractor: str = "auto"
+    inception_weights: str | None = None
+    extractor_weights: str | None = None
+    n_samples: int = 10000
+    reference_split: str = "test"
+    n_reference: int | None = None
+    memorization: bool = True
+    heldout_split: str = "test"
+    memorization_percentile: float = 5.0
+    batch_size: int = 250
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    isc_splits: int = 10
+    prc_neighborhood: int = 3
+    seed: int = 0
+    device: str = "auto"
+    cache_dir: str | None = DEFAULT_DIR
+
+    @classmethod
+    def from_cfg(cls, cfg: "MetricsConfig | DictConfig | dict | None") -> "MetricsConfig":
+        """A checked config from ``cfg.metrics`` (or a dict); any bad value is a :class:`GenbenchError`."""
+        if isinstance(cfg, MetricsConfig):
+            return cfg.check()
+        values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+        names = [f.name for f in fields(cls)]
+        unknown = set(values) - set(names)
+        if unknown:
+            raise GenbenchError(f"unknown metrics keys {sorted(unknown)} (expected some of {names})")
+        try:  # OmegaConf's structured config converts "250" to 250 and refuses "abc" for an int
+            config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
+        except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+            value = values.get(str(key)) if key is not None else None
+            expected = {f.name: f.type for f in fields(cls)}.get(str(key), "a valid value")
+            raise GenbenchError(f"metrics.{key}={value!r}: expected {expected}") from exc
+        return config.check()
+
+    def check(self) -> "MetricsConfig":
+        from genbench.metrics.extractors import check_name
+
+        check_name(self.extractor)
+        for key in ("reference_split", "heldout_split"):
+            if getattr(self, key) not in SPLITS:
+                raise GenbenchError(f"metrics.{key}={getattr(self, key)!r} is not one of {', '.join(SPLITS)}")
+        for key in ("n_samples", "batch_size", "kid_subsets", "kid_subset_size", "isc_splits", "prc_neighborhood"):
+            if getattr(self, key) < 1:
+                raise GenbenchError(f"metrics.{key}={getattr(self, key)}; expected a positive integer")
+        if self.n_reference is not None and self.n_reference < 1:
+            raise GenbenchError(f"metrics.n_reference={self.n_reference}; expected a positive integer or null (all)")
+        if not 0 < self.memorization_percentile < 100:
+            raise GenbenchError(f"metrics.memorization_percentile={self.memorization_percentile}; expected in (0, 100)")
+        for key in ("inception_weights", "extractor_weights"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).expanduser().is_file():
+                raise GenbenchError(f"metrics.{key}={path} is not a file (expected the extractor's weights)")
+        self.torch_device()
+        return self
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise GenbenchError(f"metrics.device={self.device!r} is not a torch device (expected auto, cpu or cuda)") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise GenbenchError(f"metrics.device={self.device} but no CUDA GPU is visible; use metrics.device=auto or cpu")
+        return device
+
+    def protocol_settings(self) -> dict:
+        """The settings that enter the protocol, as configured (before ``auto`` or weights are resolved)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in MACHINE_KEYS}
+
+
+def check_metrics(cfg_metrics) -> MetricsConfig:
+    """One call for a command's preflight: ``metrics.*`` is usable, or a one-line :class:`GenbenchError`."""
+    return MetricsConfig.from_cfg(cfg_metrics)
