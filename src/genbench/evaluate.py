@@ -123,8 +123,9 @@ def evaluate(cfg: DictConfig) -> dict:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, record)
-    for path in [out] if out is not None else write_score(target, record, own=own):
-        log.info("wrote %s", path)
+        log.info("wrote %s", out)
+    else:
+        write_score(target, record, own=own)  # logs each file it writes
     print(json.dumps(record), flush=True)
     return record
 

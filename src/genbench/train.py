@@ -22,6 +22,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from genbench.cli import hydra_entry
 from genbench.errors import GenbenchError
 from genbench.metrics.config import check_metrics
+from genbench.metrics.evaluator import as_sampler_kwargs
 from genbench.metrics.store import write_score
 from genbench.models import Diverged, build_model, file_sha256
 from genbench.training.budget import Budget, BudgetCallback
@@ -142,8 +143,7 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
     log.info("%s: %.2fM parameters, budget %s, run folder %s", model.family, n_params / 1e6, budget, run_dir)
 
     budget_cb = BudgetCallback(budget)
-    sampler = dict(sampler=cfg.sampler.name, steps=cfg.sampler.steps, eta=cfg.sampler.eta,
-                   guidance_scale=cfg.sampler.guidance_scale)  # fmt: skip
+    sampler = as_sampler_kwargs(cfg.sampler)  # every key (heun's sigma_max too): the model keeps what applies
     record_cb = RunRecordCallback(run_dir, cfg.seed, budget_cb, {"run_dir": str(run_dir), "git_commit": git_commit(),
                                                                  "budget": OmegaConf.to_container(cfg.budget)})  # fmt: skip
     callbacks = [

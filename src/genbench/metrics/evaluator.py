@@ -321,8 +321,8 @@ def run_model_evaluation(model, plan: Plan) -> dict:
     """Sample ``plan.n_fake`` images from ``model`` and score them under ``plan``."""
     device = plan.config.torch_device()
     model = model.to(device).eval()
-    log.info("sampling %d images from the %s model (sampler %s) on %s", plan.n_fake, model.family,
-             plan.sampler or "none: one pass", device)  # fmt: skip
+    log.info("protocol %s: sampling %d images from the %s model (sampler %s) on %s", plan.protocol.id, plan.n_fake,
+             model.family, plan.sampler or "none: one pass", device)  # fmt: skip
     with progress_bar() as bar:
         fake, seconds = sample_images(model, plan.n_fake, plan.config.batch_size, plan.config.seed, plan.sampler, device, bar)
         record = score_images(plan, fake, bar)

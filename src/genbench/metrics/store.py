@@ -81,6 +81,7 @@ def write_score(target: Path, record: dict, own: bool = False) -> list[Path]:
     if path.exists():
         log.info("%s: replacing the earlier score of the same protocol (same protocol, same images)", path)
     write_json(path, record)
+    log.info("wrote %s", path)
     written = [path]
     if not own:
         return written
@@ -96,6 +97,7 @@ def write_score(target: Path, record: dict, own: bool = False) -> list[Path]:
                     main, existing.get("protocol"), protocol, path)  # fmt: skip
         return written
     write_json(main, record)
+    log.info("wrote %s (the run's own protocol)", main)
     return written + [main]
 
 

@@ -83,9 +83,10 @@ def first_seed_runs(runs: list[Run]) -> dict[str, Run]:
 
 
 def sampler_kwargs(run_cfg: DictConfig) -> dict:
-    s = run_cfg.get("sampler") or {}
-    return {"sampler": s.get("name", "ddim"), "steps": s.get("steps", 50), "eta": s.get("eta"),
-            "guidance_scale": s.get("guidance_scale", 1.0)}  # fmt: skip
+    """The run's sampler as ``sample``'s keywords, every key kept (the model completes and checks them)."""
+    from genbench.metrics.evaluator import as_sampler_kwargs
+
+    return {"guidance_scale": 1.0} | as_sampler_kwargs(run_cfg.get("sampler"))
 
 
 def load(run: Run, device: torch.device):
