@@ -30,6 +30,7 @@ from genbench.diffusion.samplers import DDIMSampler
 from genbench.errors import GenbenchError
 from genbench.imageio import make_grid, read_png_text, to_uint8
 from genbench.models import build_model, load_checkpoint
+from genbench.noise import IndexedNoise
 
 STEPS = 3
 SAMPLER = {"sampler": "ddim", "steps": 4}  # every family takes sampler settings; only diffusion uses them
@@ -155,13 +156,14 @@ class FamilyContract:
         )
 
     def test_final_sample_grid_is_reproduced_by_the_checkpoint(self, trained):
-        """samples/step_N.png is the run's seed and sampler applied to the checkpoint, pixel for pixel."""
+        """samples/step_N.png is the run's seed (cell i: the noise stream of (seed, i)) and sampler applied to the
+        checkpoint, pixel for pixel."""
         loaded, cfg = load_checkpoint(trained.run_dir / "checkpoints" / "last.ckpt")
         n = cfg.callbacks.sample_grid.n
         if loaded.num_classes:  # the grid rounds up to whole rows of one column per class
             n = -(-n // loaded.num_classes) * loaded.num_classes
         labels = torch.arange(n) % loaded.num_classes if loaded.num_classes else None
-        images = loaded.sample(n, labels=labels, generator=generator(cfg.seed), sampler=cfg.sampler.name,
+        images = loaded.sample(n, labels=labels, generator=IndexedNoise.range(cfg.seed, 0, n), sampler=cfg.sampler.name,
                                steps=cfg.sampler.steps, eta=cfg.sampler.eta,
                                guidance_scale=cfg.sampler.guidance_scale)  # fmt: skip
         expected = make_grid(to_uint8(images), nrow=loaded.num_classes or 8).permute(1, 2, 0).numpy()

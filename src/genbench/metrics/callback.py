@@ -3,8 +3,8 @@
 Every ``every_n_steps`` training batches and/or every ``every_n_minutes`` of training, and once at the end, the
 callback samples ``n_samples`` images from ``pl_module.sample`` (the same per-image noise each time, balanced labels
 for conditional models, the sampler settings the model says apply), scores them against the cached reference
-features of ``trainer.datamodule`` with the one evaluator's extractor, and logs ``fid``, ``wall_clock_s`` (training seconds, FID time excluded), ``images_seen``
-and ``fid_seconds`` to every logger (metrics.csv with the CSV logger).
+features of ``trainer.datamodule`` with the one evaluator's extractor, and logs ``fid``, ``wall_clock_s`` (training
+seconds, FID time excluded), ``images_seen`` and ``fid_seconds`` to every logger (metrics.csv with the CSV logger).
 
 When the trainer has a budget callback (one with ``paused()`` and ``train_seconds``, as genbench's
 ``BudgetCallback``), FID time is paused out of the training budget and ``wall_clock_s`` is its ``train_seconds``,

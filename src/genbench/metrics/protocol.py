@@ -132,5 +132,6 @@ def record_protocol(record: dict) -> Protocol:
     """The protocol of a metrics record, new (``protocol`` and ``protocol_fields`` inside) or legacy."""
     if record.get("protocol") and isinstance(record.get("protocol_fields"), dict):
         fields = record["protocol_fields"]
-        return Protocol(str(record["protocol"]), str(record.get("scoring_protocol") or protocol_id({**fields, "sampler": None})), fields)
+        scoring = record.get("scoring_protocol") or protocol_id({**fields, "sampler": None})
+        return Protocol(str(record["protocol"]), str(scoring), fields)
     return legacy_protocol(record)
