@@ -36,6 +36,8 @@ CASES = {
                          ["model.loss=bogus", "hinge", "wgan_gp"]),
     "no_discriminator_steps": ("train", ["model=gan", "model.d_steps=0", "data=imagefolder", "data.root={images}"],
                                ["model.d_steps=0"]),
+    "guidance_on_a_gan": ("train", ["model=gan", "sampler.guidance_scale=3", "data=imagefolder", "data.root={images}"],
+                          ["guidance_scale=3", "gan"]),
     "too_few_images": ("train", ["data=imagefolder", "data.root={few_images}"], ["3 image(s)", "at least 5"]),
     "undecodable_image": ("train", ["data=imagefolder", "data.root={broken_images}"],
                           ["broken.png", "cannot be decoded"]),

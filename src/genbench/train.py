@@ -132,6 +132,8 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(cfg.model, datamodule.image_shape, datamodule.num_classes, datamodule.class_names)
+    sampler = as_sampler_kwargs(cfg.sampler)  # every key (heun's sigma_max too): the model keeps what applies
+    model.sampler_settings(sampler)  # a sampler the model cannot use is refused before the folder is written
     model.log_every_n_steps = cfg.trainer.log_every_n_steps
     model.run_meta = {
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -143,7 +145,6 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
     log.info("%s: %.2fM parameters, budget %s, run folder %s", model.family, n_params / 1e6, budget, run_dir)
 
     budget_cb = BudgetCallback(budget)
-    sampler = as_sampler_kwargs(cfg.sampler)  # every key (heun's sigma_max too): the model keeps what applies
     record_cb = RunRecordCallback(run_dir, cfg.seed, budget_cb, {"run_dir": str(run_dir), "git_commit": git_commit(),
                                                                  "budget": OmegaConf.to_container(cfg.budget)})  # fmt: skip
     callbacks = [
