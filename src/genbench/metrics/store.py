@@ -35,7 +35,8 @@ def score_dir(target: Path) -> Path:
     return target / METRICS_DIR if target.is_dir() else target.with_name(f"{target.stem}.{METRICS_DIR}")
 
 
-def _read(path: Path) -> dict | None:
+def read_json_object(path: Path) -> dict | None:
+    """A JSON object from ``path``, or None (with a warning) when it is unreadable or not an object."""
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -52,7 +53,7 @@ def check_destination(path: Path, protocol: str) -> None:
     if not path.parent.is_dir() and path.parent.exists():
         raise GenbenchError(f"cannot write {path}: {path.parent} is not a folder")
     if path.exists():
-        existing = _read(path)
+        existing = read_json_object(path)
         held = None if existing is None else existing.get("protocol")
         if held != protocol:
             what = f"a score of protocol {held}" if held else "something that is not a genbench score"
@@ -86,7 +87,7 @@ def write_score(target: Path, record: dict, own: bool = False) -> list[Path]:
     if not own:
         return written
     main = Path(target) / METRICS_JSON
-    existing = _read(main) if main.exists() else None
+    existing = read_json_object(main) if main.exists() else None
     if existing is not None and existing.get("protocol") is None:
         legacy = folder / f"{record_protocol(existing).id}.json"
         write_json(legacy, existing)
@@ -104,10 +105,10 @@ def write_score(target: Path, record: dict, own: bool = False) -> list[Path]:
 def read_scores(folder: Path) -> tuple[dict | None, list[dict]]:
     """(``metrics.json``, every score of the folder: one record per protocol, ``metrics.json``'s included)."""
     folder = Path(folder)
-    own = _read(folder / METRICS_JSON) if (folder / METRICS_JSON).is_file() else None
+    own = read_json_object(folder / METRICS_JSON) if (folder / METRICS_JSON).is_file() else None
     by_protocol: dict[str, dict] = {}
     files = sorted((folder / METRICS_DIR).glob("*.json")) if (folder / METRICS_DIR).is_dir() else []
-    for record in [own, *(_read(p) for p in files)]:
+    for record in [own, *(read_json_object(p) for p in files)]:
         if record is not None:
             by_protocol.setdefault(record_protocol(record).id, record)
     return own, list(by_protocol.values())

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from genbench.errors import GenbenchError
 from genbench.metrics.protocol import record_protocol
-from genbench.metrics.store import read_scores
+from genbench.metrics.store import read_json_object, read_scores
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +97,6 @@ def _get(config: dict | None, dotted: str):
     return node
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        log.warning("skipping unreadable %s: %s", path, exc)
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _read_yaml(path: Path):
     if not path.is_file():
         return None
@@ -117,7 +108,7 @@ def _read_yaml(path: Path):
 
 
 def load_run(run_json: Path) -> Run | None:
-    record = _read_json(run_json)
+    record = read_json_object(run_json)
     if record is None:
         return None
     folder = run_json.parent
