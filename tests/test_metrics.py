@@ -253,3 +253,23 @@ def test_inception_from_a_local_weights_file(data, tmp_path, monkeypatch):
     assert record["extractor_sha256"] == sha256_file(weights)
     assert record["kid_subset_size"] == 12 and record["isc_splits"] == 1 and record["is_mean"] >= 1 - 1e-6
     assert np.isfinite(record["fid"])
+
+
+def test_heldout_distances_are_cached_and_equal_a_fresh_search(data, tmp_path):
+    """Memorization's held-out search runs once per (train, held-out, extractor); the cached distances give the same
+    record as a search without cache, and another held-out set is another entry."""
+    datamodule = _StubData({"train": data["train"], "test": data["test"], "val": data["test"][:N]})
+    model = _StubModel(data["train"][:300])
+    cfg = MetricsConfig(extractor=FMNIST, n_samples=300, batch_size=128, kid_subsets=10, cache_dir=str(tmp_path))
+    first = evaluate_model(model, cfg, datamodule)
+    model.calls.clear()
+    second = evaluate_model(model, cfg, datamodule)
+    assert second["cache_misses"] == 0 and second["cache_hits"] == first["cache_hits"] + first["cache_misses"]
+    model.calls.clear()
+    fresh = evaluate_model(model, MetricsConfig(**{**cfg.__dict__, "cache_dir": None}), datamodule)
+    keys = ("memorization", "memorization_threshold", "memorization_median_nn_heldout", "n_heldout")
+    assert [first[k] for k in keys] == [second[k] for k in keys] == [fresh[k] for k in keys]
+    model.calls.clear()
+    other = evaluate_model(model, MetricsConfig(**{**cfg.__dict__, "heldout_split": "val"}), datamodule)
+    assert other["n_heldout"] == N and other["memorization_threshold"] != first["memorization_threshold"]
+    assert other["cache_misses"] == 2  # the val features and their distances; train's features are a hit

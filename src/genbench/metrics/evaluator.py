@@ -28,7 +28,7 @@ from genbench.metrics.cache import FeatureCache
 from genbench.metrics.config import SPLITS, MetricsConfig
 from genbench.metrics.extractors import Extractor, build_extractor
 from genbench.metrics.fidelity import score
-from genbench.metrics.memorization import memorization
+from genbench.metrics.memorization import memorization, nearest_distances
 from genbench.metrics.protocol import Protocol, make_protocol, protocol_fields, reference_identity
 from genbench.noise import IndexedNoise
 
@@ -101,6 +101,18 @@ def progress_bar() -> Progress:
     )  # fmt: skip
 
 
+def feature_key(extractor: Extractor, images: ImageSet) -> dict | None:
+    """The feature cache's key of ``images``' features (None: the images are not identified, so not cached)."""
+    if images.cache_fields is None:
+        return None
+    return {
+        **images.cache_fields,
+        "extractor": extractor.name,
+        "weights_sha256": extractor.weights_sha256,
+        "layers": extractor.layers,
+    }
+
+
 def reference_features(
     extractor: Extractor,
     images: ImageSet,
@@ -117,14 +129,9 @@ def reference_features(
         log.info("extracting %s features of %d %s images", extractor.name, len(loaded), what)
         return extractor.features(loaded, config.batch_size, progress, f"{what} features")
 
-    if images.cache_fields is None:
+    key = feature_key(extractor, images)
+    if key is None:
         return compute()
-    key = {
-        **images.cache_fields,
-        "extractor": extractor.name,
-        "weights_sha256": extractor.weights_sha256,
-        "layers": extractor.layers,
-    }
     memo_key = repr(sorted(key.items()))
     if memo is not None and memo_key in memo:
         return memo[memo_key]
@@ -132,6 +139,26 @@ def reference_features(
     if memo is not None:
         memo[memo_key] = features
     return features
+
+
+def heldout_distances(plan: "Plan", cache: FeatureCache, progress: Progress | None, memo: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training features and each held-out image's distance to its nearest training image, for memorization.
+
+    The distances depend only on the two real sets and the extractor, so they are cached like features, keyed by
+    both sets' feature keys: the search (10,000 x 60,000 on Fashion-MNIST, about 2 s on a 2-core CPU) runs once.
+    """
+    extractor, config, layer = plan.extractor, plan.config, plan.extractor.feature_layer
+    train_features = reference_features(extractor, plan.train, cache, config, progress, "train", memo)[layer]
+    train_key, heldout_key = feature_key(extractor, plan.train), feature_key(extractor, plan.heldout)
+
+    def compute() -> dict[str, torch.Tensor]:
+        heldout = reference_features(extractor, plan.heldout, cache, config, progress, "held-out", memo)[layer]
+        return {"d_heldout": nearest_distances(heldout, train_features)}
+
+    if train_key is None or heldout_key is None:
+        return train_features, compute()["d_heldout"]
+    key = {"kind": "heldout_nearest_train_distances", "train": train_key, "heldout": heldout_key, "layer": layer}
+    return train_features, cache.get_or_compute(key, compute, "held-out nearest-neighbour distances")["d_heldout"]
 
 
 @dataclass
@@ -214,12 +241,11 @@ def score_images(plan: Plan, fake: torch.Tensor, progress: Progress | None = Non
         )
         record["memorization"] = None
         if plan.memorization:
-            layer = extractor.feature_layer
-            train_features = reference_features(extractor, plan.train, cache, config, bar, "train", memo)[layer]
-            heldout_features = reference_features(extractor, plan.heldout, cache, config, bar, "held-out", memo)[layer]
+            train_features, d_heldout = heldout_distances(plan, cache, bar, memo)
             record.update(
-                memorization(fake_features[layer], train_features, heldout_features, config.memorization_percentile)
-            )
+                memorization(fake_features[extractor.feature_layer], train_features, None,
+                             config.memorization_percentile, d_heldout=d_heldout)
+            )  # fmt: skip
     sampler = plan.sampler or {}
     record.update(
         sampler=sampler.get("sampler"), sampler_steps=sampler.get("steps"), sample_seconds_per_1k=None,
