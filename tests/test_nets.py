@@ -26,6 +26,9 @@ def _labels(num_classes: int | None) -> torch.Tensor | None:
     return None if num_classes is None else torch.arange(N) % num_classes
 
 
+ATTENTION = {28: (14,), 32: (16,), 64: (16,)}  # the second level's side: every listed resolution must occur
+
+
 def _tiny_unet(size: int, num_classes: int | None = None) -> UNet:
     return UNet(
         image_channels=3,
@@ -33,7 +36,7 @@ def _tiny_unet(size: int, num_classes: int | None = None) -> UNet:
         base_channels=8,
         channel_mults=(1, 2, 2),
         num_res_blocks=1,
-        attention_resolutions=(14, 16),
+        attention_resolutions=ATTENTION[size],
         num_classes=num_classes,
         num_heads=2,
     )
@@ -83,7 +86,8 @@ def test_conditional_nets_require_labels_and_unconditional_refuse_them():
     with pytest.raises(ValueError, match="labels are required"):
         Generator(latent_dim=8, image_size=28, base_channels=8, num_classes=10)(torch.randn(N, 8))
     with pytest.raises(ValueError, match="unconditional"):
-        UNet(image_size=28, base_channels=8, num_res_blocks=1)(torch.randn(N, 1, 28, 28), torch.zeros(N), _labels(10))
+        unet = UNet(image_size=28, base_channels=8, num_res_blocks=1, attention_resolutions=(14,))
+        unet(torch.randn(N, 1, 28, 28), torch.zeros(N), _labels(10))
 
 
 @pytest.mark.parametrize("num_classes", CONDITIONS)
@@ -123,6 +127,13 @@ def test_unet_attention_sits_at_the_listed_resolutions():
     assert attention_blocks(28) == 1  # level sizes 28, 14, 7: attention at 14
     assert attention_blocks(32) == 1  # 32, 16, 8: attention at 16
     assert attention_blocks(64) == 1  # 64, 32, 16: attention at 16
+
+
+def test_unet_refuses_attention_at_a_resolution_it_does_not_have():
+    with pytest.raises(ValueError, match=r"attention_resolutions \[7\] do not occur at image size 32.*\[32, 16, 8\]"):
+        UNet(image_size=32, base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(7, 16))
+    # four levels pad 28 px to 32, so one list serves Fashion-MNIST and CIFAR-10
+    UNet(image_size=28, base_channels=8, channel_mults=(1, 2, 2, 2), num_res_blocks=1, attention_resolutions=(16,))
 
 
 def test_unet_null_label_is_the_default_and_labels_matter():

@@ -45,11 +45,15 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> T
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float) -> None:
+    """Pre-activation residual block taking the embedding as a GroupNorm scale and shift (``scale_shift``, AdaGN of
+    Dhariwal & Nichol 2021 sec. 3) or as a per-channel bias added before the second norm (Ho et al. 2020)."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float, scale_shift: bool = True) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = group_norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * out_channels)
+        self.emb = nn.Linear(emb_dim, (2 if scale_shift else 1) * out_channels)
         self.norm2 = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
@@ -57,8 +61,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift  # AdaGN, Dhariwal & Nichol 2021 sec. 3
+        emb = self.emb(F.silu(emb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = emb.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift  # AdaGN, Dhariwal & Nichol 2021 sec. 3
+        else:
+            h = self.norm2(h + emb)  # DDPM's ResnetBlock (Ho et al. 2020, their released model)
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
@@ -85,9 +93,10 @@ class SelfAttention(nn.Module):
 class ResAttnBlock(nn.Module):
     """A residual block, followed by self-attention when ``attention``."""
 
-    def __init__(self, in_channels, out_channels, emb_dim, dropout, attention: bool, num_heads: int) -> None:
+    def __init__(self, in_channels, out_channels, emb_dim, dropout, attention: bool, num_heads: int,
+                 scale_shift: bool = True) -> None:  # fmt: skip
         super().__init__()
-        self.res = ResBlock(in_channels, out_channels, emb_dim, dropout)
+        self.res = ResBlock(in_channels, out_channels, emb_dim, dropout, scale_shift)
         self.attn = SelfAttention(out_channels, num_heads) if attention else None
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -113,14 +122,34 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def level_sizes(image_size: int, num_levels: int) -> list[int]:
+    """Side of each U-Net level's feature maps: the input zero-padded up to a multiple of ``2**(num_levels - 1)``,
+    then halved per level (28 px with three levels: 28, 14, 7; with four levels: 32, 16, 8, 4)."""
+    multiple = 2 ** (num_levels - 1)
+    side = math.ceil(image_size / multiple) * multiple
+    return [side // 2**level for level in range(num_levels)]
+
+
+def check_attention_resolutions(image_size: int, channel_mults: Sequence[int], attention_resolutions: Sequence[int]) -> None:
+    """Every listed resolution must be the side of a level at this image size: one that is not would add no attention
+    and leave the network smaller than configured without a word (the 28 px default's 7 at 32 px, say)."""
+    sizes = level_sizes(image_size, len(channel_mults))
+    missing = [int(r) for r in attention_resolutions if r not in sizes]
+    if missing:
+        raise ValueError(f"attention_resolutions {missing} do not occur at image size {image_size} with "
+                         f"{len(channel_mults)} levels (channel_mults); the level sizes are {sizes}")  # fmt: skip
+
+
 class UNet(nn.Module):
     """eps- or v-predicting U-Net: ``forward(x, t, labels=None)`` returns a tensor shaped like ``x``.
 
     Level ``i`` runs at ``padded_size / 2**i`` pixels with ``base_channels * channel_mults[i]`` channels, where
     the input is zero-padded (bottom/right) to a multiple of ``2**(len(channel_mults) - 1)`` and the output
-    cropped back. ``attention_resolutions`` are matched against those level sizes: at 28 px with
-    ``channel_mults=(1, 2, 2)`` the levels are 28, 14 and 7, so the default ``(16,)`` adds attention only in
-    the middle block and ``(14,)`` is the 28 px counterpart of 32 px's ``(16,)``.
+    cropped back (``level_sizes``). ``attention_resolutions`` name level sizes, and each must occur: at 28 px with
+    ``channel_mults=(1, 2, 2)`` the levels are 28, 14 and 7, so ``(14,)`` is the 28 px counterpart of 32 px's
+    ``(16,)``; with four levels 28 px is padded to 32 and ``(16,)`` serves both. The middle block always attends.
+    ``scale_shift=False`` with ``num_heads=1``, 128 x (1, 2, 2, 2), two blocks, attention at 16 and dropout 0.1 is
+    the DDPM CIFAR-10 network of Ho et al. 2020 (35.7M parameters, conf/model/size/paper).
     """
 
     def __init__(
@@ -134,10 +163,12 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         num_classes: int | None = None,
         num_heads: int = 4,
+        scale_shift: bool = True,
     ) -> None:
         super().__init__()
         if not channel_mults or num_res_blocks < 1:
             raise ValueError("channel_mults must be non-empty and num_res_blocks >= 1")
+        check_attention_resolutions(image_size, channel_mults, attention_resolutions)
         self.image_channels = image_channels
         self.image_size = image_size
         self.num_classes = num_classes
@@ -152,9 +183,9 @@ class UNet(nn.Module):
 
         def block(c_in: int, c_out: int, resolution: int) -> ResAttnBlock:
             attend = resolution in attention_resolutions
-            return ResAttnBlock(c_in, c_out, emb_dim, dropout, attend, num_heads)
+            return ResAttnBlock(c_in, c_out, emb_dim, dropout, attend, num_heads, scale_shift)
 
-        resolution = math.ceil(image_size / self.multiple) * self.multiple
+        resolution = level_sizes(image_size, len(channel_mults))[0]
         channels = base_channels
         skip_channels = [channels]
         self.encoder = nn.ModuleList()
@@ -168,8 +199,8 @@ class UNet(nn.Module):
                 skip_channels.append(channels)
                 resolution //= 2
 
-        self.middle = ResAttnBlock(channels, channels, emb_dim, dropout, True, num_heads)
-        self.middle_out = ResBlock(channels, channels, emb_dim, dropout)
+        self.middle = ResAttnBlock(channels, channels, emb_dim, dropout, True, num_heads, scale_shift)
+        self.middle_out = ResBlock(channels, channels, emb_dim, dropout, scale_shift)
 
         self.decoder = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):
