@@ -36,7 +36,7 @@ HARDWARE_FIELDS = {"accelerator", "device_name", "precision", "devices"}
 TINY_MODEL = {
     "gan": ["model.generator.base_channels=8", "model.generator.latent_dim=16", "model.discriminator.base_channels=8"],
     "vae": ["model.net.base_channels=8", "model.net.latent_dim=8"],
-    "diffusion": ["model.net.base_channels=8", "model.net.num_heads=2", "model.net.attention_resolutions=[7]"],
+    "diffusion": ["model.net.base_channels=8", "model.net.num_heads=2"],
 }
 TINY_RUN = [
     "data.subset=64",

@@ -130,10 +130,28 @@ def test_unet_attention_sits_at_the_listed_resolutions():
 
 
 def test_unet_refuses_attention_at_a_resolution_it_does_not_have():
+    def unet(size, **attention):
+        return UNet(image_size=size, base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, **attention)
+
     with pytest.raises(ValueError, match=r"attention_resolutions \[7\] do not occur at image size 32.*\[32, 16, 8\]"):
-        UNet(image_size=32, base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(7, 16))
-    # four levels pad 28 px to 32, so one list serves Fashion-MNIST and CIFAR-10
+        unet(32, attention_resolutions=(7, 16))
+    with pytest.raises(ValueError, match=r"attention_levels \[3\] do not exist"):
+        unet(32, attention_resolutions=None, attention_levels=(3,))
+    with pytest.raises(ValueError, match="set the other to null"):
+        unet(32, attention_resolutions=(16,), attention_levels=(1,))
+    # four levels pad 28 px to 32, so one list of sides serves Fashion-MNIST and CIFAR-10
     UNet(image_size=28, base_channels=8, channel_mults=(1, 2, 2, 2), num_res_blocks=1, attention_resolutions=(16,))
+
+
+def test_unet_attention_levels_name_the_same_blocks_at_every_size():
+    def attending(size: int, **attention) -> list[bool]:
+        unet = UNet(image_size=size, base_channels=8, num_res_blocks=1, **attention)
+        return [m.attn is not None for m in unet.encoder if hasattr(m, "attn")]
+
+    by_level = {size: attending(size, attention_resolutions=None, attention_levels=(1,)) for size in SIZES}
+    assert by_level[28] == by_level[32] == by_level[64] == [False, True, False]
+    assert by_level[28] == attending(28, attention_resolutions=(14,))
+    assert by_level[32] == attending(32, attention_resolutions=(16,))
 
 
 def test_unet_null_label_is_the_default_and_labels_matter():

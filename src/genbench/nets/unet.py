@@ -130,14 +130,30 @@ def level_sizes(image_size: int, num_levels: int) -> list[int]:
     return [side // 2**level for level in range(num_levels)]
 
 
-def check_attention_resolutions(image_size: int, channel_mults: Sequence[int], attention_resolutions: Sequence[int]) -> None:
-    """Every listed resolution must be the side of a level at this image size: one that is not would add no attention
-    and leave the network smaller than configured without a word (the 28 px default's 7 at 32 px, say)."""
+def attention_sides(
+    image_size: int, channel_mults: Sequence[int], attention_resolutions: Sequence[int] | None,
+    attention_levels: Sequence[int] | None,
+) -> set[int]:
+    """The level sides that get self-attention, given as sides in pixels or as level indices (exactly one of them).
+
+    Every listed side or level must exist at this image size: one that does not would add no attention and leave the
+    network other than configured without a word (the 28 px default's side 7 at 32 px, whose levels are 32, 16, 8).
+    Level indices name the same place at every image size, so one config serves 28, 32 and 64 px data.
+    """
+    if (attention_resolutions is None) == (attention_levels is None):
+        raise ValueError("give attention_resolutions (level sides in pixels) or attention_levels (level indices, "
+                         "0 = full size), and set the other to null")  # fmt: skip
     sizes = level_sizes(image_size, len(channel_mults))
-    missing = [int(r) for r in attention_resolutions if r not in sizes]
+    if attention_levels is not None:
+        missing = [int(level) for level in attention_levels if not 0 <= level < len(sizes)]
+        if missing:
+            raise ValueError(f"attention_levels {missing} do not exist: channel_mults gives levels 0 to {len(sizes) - 1}")
+        return {sizes[level] for level in attention_levels}
+    missing = [int(side) for side in attention_resolutions if side not in sizes]
     if missing:
         raise ValueError(f"attention_resolutions {missing} do not occur at image size {image_size} with "
-                         f"{len(channel_mults)} levels (channel_mults); the level sizes are {sizes}")  # fmt: skip
+                         f"{len(channel_mults)} levels (channel_mults); the level sides are {sizes}")  # fmt: skip
+    return {int(side) for side in attention_resolutions}
 
 
 class UNet(nn.Module):
@@ -145,9 +161,10 @@ class UNet(nn.Module):
 
     Level ``i`` runs at ``padded_size / 2**i`` pixels with ``base_channels * channel_mults[i]`` channels, where
     the input is zero-padded (bottom/right) to a multiple of ``2**(len(channel_mults) - 1)`` and the output
-    cropped back (``level_sizes``). ``attention_resolutions`` name level sizes, and each must occur: at 28 px with
-    ``channel_mults=(1, 2, 2)`` the levels are 28, 14 and 7, so ``(14,)`` is the 28 px counterpart of 32 px's
-    ``(16,)``; with four levels 28 px is padded to 32 and ``(16,)`` serves both. The middle block always attends.
+    cropped back (``level_sizes``). Self-attention runs at the levels named by ``attention_resolutions`` (sides in
+    pixels) or ``attention_levels`` (indices), and each must exist (``attention_sides``): at 28 px with
+    ``channel_mults=(1, 2, 2)`` the sides are 28, 14 and 7, at 32 px 32, 16 and 8, so level 2 is side 7 or 8; with four
+    levels 28 px is padded to 32 and side 16 serves both. The middle block always attends.
     ``scale_shift=False`` with ``num_heads=1``, 128 x (1, 2, 2, 2), two blocks, attention at 16 and dropout 0.1 is
     the DDPM CIFAR-10 network of Ho et al. 2020 (35.7M parameters, conf/model/size/paper).
     """
@@ -159,16 +176,17 @@ class UNet(nn.Module):
         base_channels: int = 64,
         channel_mults: Sequence[int] = (1, 2, 2),
         num_res_blocks: int = 2,
-        attention_resolutions: Sequence[int] = (16,),
+        attention_resolutions: Sequence[int] | None = (16,),
         dropout: float = 0.1,
         num_classes: int | None = None,
         num_heads: int = 4,
         scale_shift: bool = True,
+        attention_levels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if not channel_mults or num_res_blocks < 1:
             raise ValueError("channel_mults must be non-empty and num_res_blocks >= 1")
-        check_attention_resolutions(image_size, channel_mults, attention_resolutions)
+        attend_at = attention_sides(image_size, channel_mults, attention_resolutions, attention_levels)
         self.image_channels = image_channels
         self.image_size = image_size
         self.num_classes = num_classes
@@ -182,7 +200,7 @@ class UNet(nn.Module):
         self.stem = nn.Conv2d(image_channels, base_channels, 3, padding=1)
 
         def block(c_in: int, c_out: int, resolution: int) -> ResAttnBlock:
-            attend = resolution in attention_resolutions
+            attend = resolution in attend_at
             return ResAttnBlock(c_in, c_out, emb_dim, dropout, attend, num_heads, scale_shift)
 
         resolution = level_sizes(image_size, len(channel_mults))[0]

@@ -130,6 +130,25 @@ def check_optimizers(cfg: DictConfig) -> None:
                                 f"{type(cause).__name__}: {' '.join(str(cause).split())}") from None  # fmt: skip
 
 
+def check_networks(cfg: DictConfig) -> None:
+    """Build every network of ``model`` (its ``genbench.nets`` nodes) on the meta device at ``data.image_size``: no memory,
+    no data, and a network's own refusal (an unsupported image size, attention at a resolution the U-Net does not have
+    there, an unknown argument) becomes one line before anything is loaded."""
+    nodes = [(key, node) for key, node in cfg.model.items()
+             if isinstance(node, DictConfig) and str(node.get("_target_", "")).startswith("genbench.nets.")]  # fmt: skip
+    channels = _value(cfg, "data.channels") or 1
+    for key, node in nodes:
+        # spectral norm's power iteration costs seconds on meta tensors and cannot fail on a valid shape
+        extra = {"spectral_norm": False} if "spectral_norm" in node else {}
+        try:
+            with torch.device("meta"):
+                instantiate(node, **extra)(image_channels=channels, image_size=cfg.data.image_size, num_classes=None)
+        except (TypeError, ValueError) as exc:
+            cause = exc.__cause__ or exc
+            raise GenbenchError(f"model.{key} ({node._target_}) at data.image_size={cfg.data.image_size}: "
+                                f"{' '.join(str(cause).split())}") from None  # fmt: skip
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Every check of a train config that needs nothing loaded; raises GenbenchError for the first bad key."""
     check_run_keys(cfg)
@@ -137,6 +156,7 @@ def check_train_config(cfg: DictConfig) -> None:
     check_trainer_keys(cfg)
     check_hardware_keys(cfg)
     check_optimizers(cfg)
+    check_networks(cfg)
     _require(cfg, "callbacks.sample_grid.every_n_steps", positive_int, "a positive number of steps or null",
              nullable=True)  # fmt: skip
     _require(cfg, "callbacks.sample_grid.n", positive_int, "a positive number of images")
