@@ -185,8 +185,8 @@ def test_the_training_order_is_a_function_of_seed_epoch_and_batch_index():
     position.value = 7
     on_device = list(DeviceBatches((torch.arange(50) * 10,), order))
     assert all(torch.equal(batch[0], indices * 10) for batch, indices in zip(on_device, batches[7:12]))
-    two_ranks = [list(TrainOrder(50, 4, seed=3, position=lambda: 0, rank=r, world_size=2)) for r in (0, 1)]
-    assert torch.equal(torch.cat([two_ranks[0][0], two_ranks[1][0]]), batches[0])  # ranks share each global batch
+    two_ranks = [list(TrainOrder(50, 8, seed=3, position=lambda: 0, rank=r, world_size=2)) for r in (0, 1)]
+    assert torch.equal(torch.cat([two_ranks[0][0], two_ranks[1][0]]), batches[0])  # batch_size is global: ranks share it
 
 
 def test_rng_states_survive_a_weights_only_round_trip(tmp_path):

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from genbench.cli import hydra_entry
+from genbench.data.order import rank_share
 from genbench.errors import GenbenchError
 from genbench.metrics.config import check_metrics
 from genbench.metrics.evaluator import as_sampler_kwargs
@@ -74,24 +75,66 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
     raise GenbenchError(f"resume={cfg.resume}; expected auto, must or never")
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
+def world_size(hw: DictConfig) -> int:
+    """The number of training processes ``hardware`` asks for (devices per node times nodes), by Lightning's rules
+    for reading ``devices``; known before anything is built, so a global batch they cannot share is refused early."""
+    from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
+
+    accelerator = CPUAccelerator if hw.accelerator == "cpu" else CUDAAccelerator
+    devices = OmegaConf.to_container(hw.devices) if isinstance(hw.devices, ListConfig) else hw.devices
+    if devices == "auto":
+        devices = accelerator.auto_device_count()
+    parsed = accelerator.parse_devices(devices)
+    per_node = len(parsed) if isinstance(parsed, (list, tuple)) else int(parsed)
+    return per_node * int(hw.get("num_nodes", 1))
+
+
+def ddp_strategy(strategy: str, model) -> str:
+    """``hardware.strategy``, with DDP told to expect parameters without gradients when the model optimizes by hand.
+
+    A model with manual optimization (the GAN: a discriminator update, then a generator update through the
+    discriminator) leaves some parameters out of each backward pass, which DDP refuses unless it searches for them;
+    Lightning registers that variant of each DDP strategy as ``<name>_find_unused_parameters_true``.
+    """
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    variant = f"{strategy}_find_unused_parameters_true"
+    if not model.automatic_optimization and variant in StrategyRegistry.available_strategies():
+        return variant
+    return strategy
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, model) -> pl.Trainer:
     loggers = [RunCSVLogger(str(run_dir))]  # run_dir/metrics.csv, always on
     loggers += [instantiate(extra) for extra in cfg.logger.extra]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     for key in RUN_KEYS:
         trainer_cfg.pop(key)
     hw = cfg.hardware
-    return instantiate(
-        trainer_cfg, accelerator=hw.accelerator, devices=hw.devices, precision=hw.precision, strategy=hw.strategy,
-        callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
+    # on SLURM: ranks from its tasks, and submitit alone owns the requeue signal (training/slurm.py)
+    trainer = instantiate(
+        trainer_cfg, accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.get("num_nodes", 1),
+        precision=hw.precision, strategy=ddp_strategy(hw.strategy, model), callbacks=callbacks, logger=loggers,
+        plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
     )  # fmt: skip
+    if trainer.world_size != world_size(hw):  # the count preflight checked data.batch_size against
+        raise GenbenchError(f"hardware gives {trainer.world_size} training processes, not the {world_size(hw)} "
+                            "expected from hardware.devices and hardware.num_nodes")  # fmt: skip
+    return trainer
 
 
 def preflight(cfg: DictConfig) -> Budget:
     """Every check that needs nothing loaded, built or written: bad input ends here (training/preflight.py)."""
     check_train_config(cfg)
     check_metrics(cfg.metrics)  # metrics.* (the extractor's name too) fail now, not after training
+    _require_positive_int(cfg.hardware.get("num_nodes", 1), "hardware.num_nodes")
+    rank_share(int(cfg.data.batch_size), world_size(cfg.hardware))  # data.batch_size is the global batch
     return Budget(**cfg.budget)
+
+
+def _require_positive_int(value, key: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GenbenchError(f"{key}={value}; expected a positive integer")
 
 
 def finished_record(cfg: DictConfig, run_dir: Path, budget: Budget) -> dict | None:
@@ -161,7 +204,7 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
         from genbench.metrics.callback import FIDCallback
 
         callbacks.append(FIDCallback(metrics_cfg=cfg.metrics, sampler_kwargs=sampler, **fid_cfg))
-    trainer = build_trainer(cfg, run_dir, callbacks)
+    trainer = build_trainer(cfg, run_dir, callbacks, model)
     # logger=wandb only: config, sample grids and the final records on the W&B run (None without a WandbLogger)
     wandb_media = WandbMediaCallback.attach(trainer, run_dir, model.run_meta["config"])
     if ckpt_path:
@@ -177,10 +220,14 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
         record_cb.finish(trainer, model, "failed", f"{type(exc).__name__}: {exc}")
         raise
     test_metrics = {}
-    if is_overridden("test_step", model):  # e.g. the VAE's ELBO and bits/dim on the test split
+    if is_overridden("test_step", model):  # e.g. the VAE's ELBO and bits/dim on the test split, over every rank
         results = trainer.test(model, datamodule=datamodule, verbose=False)
         test_metrics = {k: round(float(v), 5) for k, v in (results[0] if results else {}).items()}
     record = record_cb.finish(trainer, model, "completed", budget_cb.stop_reason or "data exhausted", test=test_metrics)
+    if not trainer.is_global_zero:
+        # Records and evaluation are rank 0's alone; the other ranks have nothing left to do and end here rather
+        # than wait at a barrier, which would time out (30 min) during a long evaluation.
+        return record
     log.info("%s done: %d steps, %d images, %.1f img/s", model.family, record["steps"], record["images_seen"],
              record["img_per_s"] or 0)  # fmt: skip
     if cfg.evaluate:

@@ -7,9 +7,11 @@ import logging
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from genbench.data.order import DeviceBatches, TrainOrder, seeded_generator
+from genbench.data.order import (
+    DeviceBatches, ShardedBatches, TrainOrder, evaluation_seed, rank_share, seeded_generator, training_seed,
+)  # fmt: skip
 from genbench.data.sources import SourceSpec, load_splits
 from genbench.errors import GenbenchError
 
@@ -24,6 +26,12 @@ class ImageDataModule(pl.LightningDataModule):
     stays separate as the evaluation reference. Training batches follow :class:`TrainOrder`, a pure function of
     (seed, epoch, batch index); the number of batches trained is this module's checkpointed state, so a resumed run
     goes on with the next batch.
+
+    ``batch_size`` is the global batch: under DDP each of ``world_size`` ranks trains ``batch_size / world_size``
+    images of it per step. The training randomness of global batch ``k`` is a function of (seed, k) and the rank:
+    the flip mask is drawn for the whole global batch (each rank flips its slice, so flips do not depend on the number
+    of ranks), and the global torch RNG the model's step draws from is reseeded from (seed, k, rank). Test batch
+    ``j`` reseeds it from (seed, j), so a test metric's draws do not depend on the number of ranks either.
     """
 
     def __init__(
@@ -64,6 +72,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.source_sizes: dict[str, int] = {}
         self.fingerprint = ""
         self.train_batches = 0  # training batches handed to the model so far, over all sessions of the run
+        self.eval_batches = 0
 
     # ------------------------------------------------------------------ loading
     def prepare_data(self) -> None:
@@ -170,18 +179,30 @@ class ImageDataModule(pl.LightningDataModule):
             labels = torch.full((len(images),), -1, dtype=torch.long)  # -1: unlabelled
         return images, labels
 
+    def _rank(self) -> tuple[int, int]:
+        """(this process's rank, number of ranks): (0, 1) without a trainer."""
+        return getattr(self.trainer, "global_rank", 0), getattr(self.trainer, "world_size", 1)
+
+    def global_batch(self, n: int | None = None) -> int:
+        """Images per training step over all ranks: ``batch_size``, or a split of ``n`` images whole when smaller
+        (rounded down to a multiple of the ranks). A ``batch_size`` the ranks cannot share is refused."""
+        rank, world = self._rank()
+        rank_share(self.batch_size, world)
+        n = len(self._splits["train"][0]) if n is None else n
+        return self.batch_size if n >= self.batch_size else max(world, n - n % world)
+
     def _batches(self, split: str, train: bool):
         self._need()
         tensors = self._tensors(split)
         n = len(tensors[0])
-        if n == 0:
-            raise GenbenchError(f"the {split} split is empty")
+        rank, world = self._rank()
+        if n < world:
+            raise GenbenchError(f"the {split} split has {n} images, fewer than the {world} ranks")
         if train:
-            rank, world = getattr(self.trainer, "global_rank", 0), getattr(self.trainer, "world_size", 1)
-            batch_size = max(1, min(self.batch_size, n // world))
-            sampler = TrainOrder(n, batch_size, self.seed, lambda: self.train_batches, rank, world)
+            sampler = TrainOrder(n, self.global_batch(n), self.seed, lambda: self.train_batches, rank, world)
         else:
-            sampler = BatchSampler(SequentialSampler(range(n)), batch_size=min(self.batch_size, n), drop_last=False)
+            sampler = ShardedBatches(n, min(self.batch_size, n), rank, world)
+            self.eval_batches = 0  # evaluation batches of this pass handed to the model on this rank
         if self.on_device:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
             return DeviceBatches(tuple(t.to(device) for t in tensors), sampler)
@@ -205,10 +226,18 @@ class ImageDataModule(pl.LightningDataModule):
         images, labels = batch
         images = images.float().div(127.5).sub(1.0)
         if self.trainer is not None and self.trainer.training:  # called once per batch the model trains on
+            rank, _ = self._rank()
             if self.flip:  # a mask of its own per batch index: the same on either path, and after a resume
-                draws = torch.rand(images.shape[0], generator=seeded_generator(self.seed, self.train_batches, 1))
+                share = images.shape[0]
+                mask = torch.rand(self.global_batch(), generator=seeded_generator(self.seed, self.train_batches, 1))
+                draws = mask[rank * share : (rank + 1) * share]
                 images = torch.where((draws < 0.5).to(images.device)[:, None, None, None], images.flip(-1), images)
+            torch.manual_seed(training_seed(self.seed, self.train_batches, rank))  # also seeds every CUDA device
             self.train_batches += 1
+        elif self.trainer is not None and self.trainer.testing:  # a test ELBO's draws: the batch's, whatever the rank
+            rank, world = self._rank()
+            torch.manual_seed(evaluation_seed(self.seed, self.eval_batches * world + rank))
+            self.eval_batches += 1
         return images, labels
 
     # ------------------------------------------------------------------ checkpointed state

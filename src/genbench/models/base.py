@@ -67,7 +67,7 @@ class GenerativeModule(pl.LightningModule):
 
     def end_step(self, batch) -> None:
         """After each training batch, before any checkpoint of it: EMA update, image count, periodic loss check."""
-        batch_images = int(batch[0].shape[0])
+        batch_images = int(batch[0].shape[0]) * self.trainer.world_size  # the update's global batch (DDP: all ranks)
         self.ema.step(self.sampling_network(), batch_images, self.images_seen)
         self.images_seen += batch_images
         if (self.global_step_count() % self.log_every_n_steps) == 0:

@@ -3,6 +3,10 @@
 Lightning's ``max_steps`` counts optimizer steps (two or more per batch for a GAN) and ``max_time``
 knows nothing of images, so one callback counts all three the same way for every family and
 carries its counters through checkpoints, so a resumed run continues its budget.
+
+Under DDP the counts are global: a step is one optimizer update (the same on every rank) and its images are the
+global batch, every rank's share. Every rank stops at the same step: steps and images are equal on all ranks, and a
+time budget is decided on rank 0's clock and broadcast (ranks that stopped apart would wait on each other forever).
 """
 
 from __future__ import annotations
@@ -84,15 +88,19 @@ class BudgetCallback(pl.Callback):
             trainer.should_stop = True
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.exhausted():
+        if self.stop_reason is not None:  # decided alike on every rank (not each rank's own clock)
             return -1  # Lightning: skip the rest of this epoch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        images = int(batch[0].shape[0]) * trainer.world_size  # every rank trains an equal share of the global batch
         self.steps += 1
-        self.images += int(batch[0].shape[0])
-        self.session_images += int(batch[0].shape[0])
+        self.images += images
+        self.session_images += images
         self._tick()
-        if self.exhausted():
+        done = self.exhausted()
+        if self.budget.max_minutes is not None and trainer.world_size > 1:
+            done = trainer.strategy.broadcast(done, src=0)
+        if done:
             self.stop_reason = f"budget.{self.budget.kind}"
             trainer.should_stop = True
 

@@ -23,7 +23,10 @@ Keys that do **not** shape training:
 Everything else shapes training: ``seed``, ``model.*`` (architecture, loss, optimizers, EMA, ...), ``data.*``
 (source, name, image size, channels, resize, subset, val_size, batch_size, flip, seed), the trainer's numerics
 (``trainer.gradient_clip_val``, ``trainer.deterministic``, any other Trainer argument), ``hardware.precision``,
-``hardware.devices`` and ``hardware.strategy`` (devices times ``data.batch_size`` is the batch an update sees).
+``hardware.devices``, ``hardware.num_nodes`` and ``hardware.strategy``. ``data.batch_size`` is the global batch
+(the images an update sees, summed over all ranks), so the number of ranks does not change which images an update
+sees; it still counts, conservatively: floating-point reduction order and each rank's own noise draws differ. A run
+folder written before ``hardware.num_nodes`` existed ran on one node (``IMPLIED``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ NOT_TRAINING_KEYS = frozenset({
     "hardware.name", "hardware.accelerator", "model.compile",
 })  # fmt: skip
 ABSENT = "(absent)"
+IMPLIED = {"hardware.num_nodes": 1}  # the value a key added later had before it existed
 MAX_LISTED = 8
 
 
@@ -70,7 +74,7 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
 
 def training_differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
     """(key, old value, new value) for every key that shapes training and differs; ``ABSENT`` where one lacks it."""
-    flat_old, flat_new = flatten(old), flatten(new)
+    flat_old, flat_new = IMPLIED | flatten(old), IMPLIED | flatten(new)
     diffs = []
     for key in sorted(flat_old.keys() | flat_new.keys()):
         before, after = flat_old.get(key, ABSENT), flat_new.get(key, ABSENT)
