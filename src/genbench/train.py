@@ -34,6 +34,7 @@ from genbench.training.identity import check_same_training
 from genbench.training.preflight import check_train_config
 from genbench.training.record import RUN_JSON, git_commit, read_json
 from genbench.training.run_folder import RunFolder
+from genbench.training.slurm import cluster_hooks
 from genbench.training.wandb_media import WandbMediaCallback
 
 log = logging.getLogger("genbench.train")
@@ -112,10 +113,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, model) -> pl.
         trainer_cfg.pop(key)
     hw = cfg.hardware
     # on SLURM: ranks from its tasks, and submitit alone owns the requeue signal (training/slurm.py)
+    callbacks, plugins = cluster_hooks(run_dir, callbacks, [AtomicCheckpointIO()])
     trainer = instantiate(
         trainer_cfg, accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.get("num_nodes", 1),
         precision=hw.precision, strategy=ddp_strategy(hw.strategy, model), callbacks=callbacks, logger=loggers,
-        plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
+        plugins=plugins, default_root_dir=str(run_dir),
     )  # fmt: skip
     if trainer.world_size != world_size(hw):  # the count preflight checked data.batch_size against
         raise GenbenchError(f"hardware gives {trainer.world_size} training processes, not the {world_size(hw)} "
