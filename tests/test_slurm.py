@@ -167,17 +167,17 @@ def test_slurm_sweep_submits_a_correct_script_and_a_requeued_run_resumes(tmp_pat
     env, state = fake_slurm
     env.pop("WANDB_MODE", None)  # unset when submitting: the script's setup line makes it offline on the node
     sweep = train("-m", "hydra/launcher=slurm", "experiment=smoke", "model=gan,vae", "name=slurm", "evaluate=false",
-                  "budget.max_steps=120", "callbacks.sample_grid.every_n_steps=10", f"paths.runs_dir={tmp_path}",
+                  "budget.max_steps=60", "callbacks.sample_grid.every_n_steps=5", f"paths.runs_dir={tmp_path}",
                   "hydra.launcher.partition=testq", "hydra.launcher.timeout_min=30", env=env)  # fmt: skip
     # tasks that do not match the hardware are refused before anything is submitted
     refused = train("-m", "hydra/launcher=slurm_multinode", "experiment=smoke", f"paths.runs_dir={tmp_path / 'no'}",
                     env={**env, "FAKE_SLURM_DIR": str(tmp_path)})  # fmt: skip
 
-    def vae_step_10():
-        return sweep.poll() is not None or list((tmp_path / "slurm").glob("*model-vae/samples/step_000010.png"))
+    def vae_step_5():
+        return sweep.poll() is not None or list((tmp_path / "slurm").glob("*model-vae/samples/step_000005.png"))
 
     srun = wait_for(lambda: [c for c in calls(state, "srun") if c["key"] == "1234_1"], 300, "the VAE task to start")
-    wait_for(vae_step_10, 300, "the VAE's step 10")
+    wait_for(vae_step_5, 300, "the VAE's step 5")
     os.kill(srun[0]["pid"], signal.SIGUSR2)  # what SLURM sends signal_delay_s before the time limit
     out, err = sweep.communicate(timeout=300)
     assert sweep.returncode == 0, err[-3000:]
@@ -198,10 +198,10 @@ def test_slurm_sweep_submits_a_correct_script_and_a_requeued_run_resumes(tmp_pat
     vae, gan = (next((tmp_path / "slurm").glob(f"*model-{family}")) for family in ("vae", "gan"))
     log = (vae / "train.log").read_text()
     saved = re.search(r"SIGUSR2 received: saved \S+last\.ckpt at global step (\d+)", log)
-    assert saved and 10 <= int(saved[1]) < 120, log[-3000:]  # the latest step: periodic saves are every 1000
+    assert saved and 5 <= int(saved[1]) < 60, log[-3000:]  # the latest step: periodic saves are every 1000
     assert "resuming from" in log.split(saved[0])[1]
     record = json.loads((vae / "run.json").read_text())
-    assert record["status"] == "completed" and record["steps"] == 120, record
+    assert record["status"] == "completed" and record["steps"] == 60, record
     assert json.loads((gan / "run.json").read_text())["status"] == "completed"
 
 
