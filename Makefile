@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.genbench-installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 PYTEST_ARGS ?=
+# `make bench BENCH_ARGS=--tiny` for the seconds-long smoke run; genbench overrides too: BENCH_ARGS=hardware=gpu_bf16
+BENCH_ARGS ?=
 # The default report on a CPU: the DDIM step grid without its FID curve (figures/sampler_cost, about two minutes at
 # report.cost_n=200, has FID against cost for every sampler, DDIM's included).
 REPORT_ARGS ?= report.ddim_fid_n=0
@@ -13,7 +15,7 @@ REPORT_ARGS ?= report.ddim_fid_n=0
 HARDWARE ?= $(shell $(PY) -c "import torch; print('gpu' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data run test test-fast figures clean
+.PHONY: help setup data run test test-fast figures clean bench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +47,9 @@ test-fast: setup ## the suite without tests marked slow
 
 figures: setup ## redraw the default comparison's tables and figures from runs/fashion_mnist_default
 	$(PY) -m genbench.report sweep=runs/fashion_mnist_default out=results/fashion_mnist_default $(REPORT_ARGS)
+
+bench: setup ## genbench vs diffusers, a pytorch/examples DCGAN, torch-fidelity and a bare loop: results/bench/<machine>.json
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 clean: ## remove runs, caches and the venv (results/ stays)
 	rm -rf runs outputs multirun .pytest_cache $(VENV)

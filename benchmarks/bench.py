@@ -1,0 +1,367 @@
+"""genbench against its peers on this machine: ``make bench`` (``make bench BENCH_ARGS=--tiny`` for the smoke test).
+
+    .venv/bin/python benchmarks/bench.py [--tiny] [--rounds N] [--out results/bench] [--only NAME ...] [OVERRIDE ...]
+
+OVERRIDEs are genbench's Hydra overrides of ``train`` (``hardware=gpu_bf16``, ``data.batch_size=256``): the
+genbench side runs exactly that configuration, and each peer the same widths, batch and precision. Comparisons
+(each in this one process, contenders alternating round by round, medians over rounds):
+
+* ``diffusion_train``: genbench's Lightning run of ``model=diffusion`` vs diffusers ``UNet2DModel`` at the same
+  widths, and vs a bare loop of genbench's own step (``lightning_overhead_diffusion``);
+* ``gan_train``: genbench's GAN vs a pytorch/examples-style DCGAN at equal widths, and vs a bare loop;
+* ``sample_<sampler>``: genbench's evaluator sampling (DDIM 20, DPM-Solver++(2M) 20) vs a diffusers scheduler loop
+  over the same network, batch and labels;
+* ``evaluate_<n>``: genbench's whole evaluation of n images (warm feature cache, memorization included) vs
+  torch-fidelity's ``calculate_metrics`` (FID, KID, IS, precision/recall) on the same extractor, reference cached.
+
+The result lands in ``<out>/<hardware slug>.json`` (``<slug>-tiny.json`` in tiny mode), stamped with the machine,
+versions, git commit, date, mode and configuration; the issue's targets are printed beside the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import inspect
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import peers  # noqa: E402
+import timing  # noqa: E402
+
+# Issue 12's targets: genbench / peer throughput ratio at least this much (evaluation: time <= peer's + 10%).
+TARGETS = {
+    "diffusion_train": 1.4, "lightning_overhead_diffusion": 1 / 1.05, "gan_train": 1.0, "lightning_overhead_gan": 1 / 1.05,
+    "sample_ddim20": 2.0, "sample_dpmpp_2m20": 2.0, "evaluate_1000": 1 / 1.1, "evaluate_10000": 1 / 1.1,
+}  # fmt: skip
+FULL = {"rounds": 3, "train_warm": 2, "train_steps": 6, "gan_steps": 12, "sample_rounds": 2, "eval_rounds": 2,
+        "sample_steps": 20, "sample_n": 128, "eval_n": (1000, 10000), "subset": None, "n_reference": None}  # fmt: skip
+TINY = {"rounds": 1, "train_warm": 1, "train_steps": 1, "gan_steps": 1, "sample_rounds": 1, "eval_rounds": 1,
+        "sample_steps": 2, "eval_n": (100,), "subset": 256, "batch_size": 16, "sample_n": 8,
+        "n_reference": 300}  # fmt: skip
+
+
+def compose(overrides: list[str], mode: dict):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import open_dict
+
+    extra = ["logger=csv", "+trainer.enable_progress_bar=false"]
+    if mode.get("subset"):
+        extra += [f"data.subset={mode['subset']}", f"data.batch_size={mode['batch_size']}", "data.val_size=64",
+                  f"metrics.batch_size={mode['batch_size']}"]  # fmt: skip
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        cfg = hydra_compose("train", overrides=extra + list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = tempfile.mkdtemp(prefix="genbench-bench-")
+    try:  # helper D's precision resolution (hardware.precision=auto), where this genbench has it
+        from genbench.training.speed import resolve_precision
+
+        resolve_precision(cfg)
+    except ImportError:
+        pass
+    return cfg
+
+
+class GenbenchRun:
+    """genbench's Lightning run of one model (train.py's trainer and callbacks of the step), timed per step."""
+
+    def __init__(self, cfg, datamodule, warm: int, steps: int):
+        from genbench.models import build_model
+
+        self.cfg, self.datamodule, self.warm, self.steps = cfg, datamodule, warm, steps
+        self.model = build_model(cfg.model, datamodule.image_shape, datamodule.num_classes, datamodule.class_names)
+        self.model.log_every_n_steps = cfg.trainer.log_every_n_steps
+        hw = cfg.hardware
+        if hasattr(self.model, "configure_speed"):  # helper D's speed switches, where this genbench has them
+            self.model.configure_speed(hw.get("compile", False), hw.get("channels_last", False),
+                                       hw.get("fused_optimizer", False))  # fmt: skip
+
+    def __call__(self) -> float:
+        import pytorch_lightning as pl
+
+        from genbench.train import build_trainer
+
+        device = self.device
+        times: list[float] = []
+
+        total = self.warm + self.steps
+
+        class StepTimer(pl.Callback):
+            """Times each batch's end; stops after ``total`` batches (a GAN's max_steps counts both optimizers)."""
+
+            def on_train_batch_end(self, trainer, *args, **kwargs):
+                timing.sync(device)
+                times.append(time.perf_counter())
+                trainer.should_stop = len(times) >= total
+
+        run_dir = Path(tempfile.mkdtemp(prefix="genbench-bench-run-"))
+        extra = {"model": self.model} if "model" in inspect.signature(build_trainer).parameters else {}
+        trainer = build_trainer(self.cfg, run_dir, [StepTimer()], **extra)
+        trainer.fit(self.model, datamodule=self.datamodule)
+        if len(times) != total:
+            raise RuntimeError(f"the Lightning run made {len(times)} steps, not {total}")
+        return times[-1] - times[self.warm - 1]
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda" if self.cfg.hardware.accelerator in ("gpu", "cuda") else "cpu")
+
+
+def with_flops(result: dict, flops_per_unit: dict[str, float], peak: float) -> dict:
+    for name, flops in flops_per_unit.items():
+        if flops:
+            result[name]["gflop_per_unit"] = flops / 1e9
+            result[name]["fraction_of_peak"] = result[name]["median"] * flops / 1e9 / peak
+    return result
+
+
+def compare_training(cfg, datamodule, mode: dict, peak: float) -> list[dict]:
+    """genbench's Lightning run of ``cfg.model`` vs the family's peer and vs a bare loop of genbench's own step."""
+    family = cfg.model.family
+    run = GenbenchRun(cfg, datamodule, mode["train_warm"], mode["train_steps" if family == "diffusion" else "gan_steps"])
+    device, model = run.device, run.model
+    precision = lambda: timing.autocast(str(cfg.hardware.precision), device)  # noqa: E731
+    model.to(device)
+    data = peers.batches(datamodule, device)
+    steps = run.steps
+    batch = datamodule.global_batch()
+    if family == "diffusion":
+        unet = peers.diffusers_unet(dict(cfg.model.net), *model.image_shape[:2], model.num_classes).to(device)
+        peer_name, peer_step = "diffusers UNet2DModel", peers.diffusers_train_step(unet, model.schedule, model.num_classes,
+                                                                                   model.label_dropout, precision)  # fmt: skip
+        bare = peers.genbench_bare_diffusion_step(model, precision)
+        params = {"genbench": sum(p.numel() for p in model.net.parameters()), "peer": sum(p.numel() for p in unet.parameters())}
+    else:
+        peer_name, peer_step = "pytorch/examples DCGAN", peers.dcgan_examples_step(model, device, precision)
+        bare = peers.genbench_bare_gan_step(model, precision)
+        params = {"genbench": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("ema."))}
+    flops = {"genbench": timing.count_flops(lambda: bare(next(data))) / batch, "bare": None,
+             "peer": timing.count_flops(lambda: peer_step(next(data))) / batch}  # fmt: skip
+    flops["bare"] = flops["genbench"]
+    contenders = {
+        "genbench": (run, steps * batch),
+        "bare": (peers.steps_runner(bare, data, mode["train_warm"], steps, device), steps * batch),
+        "peer": (peers.steps_runner(peer_step, data, mode["train_warm"], steps, device), steps * batch),
+    }
+    result = with_flops(timing.interleaved(contenders, mode["rounds"], device), flops, peak)
+    settings = {"batch": batch, "precision": str(cfg.hardware.precision), "steps_per_round": steps, "params": params}
+    what = f"{family} training step, batch {batch}"
+    return [
+        row(f"{family}_train", what, "img/s", result["genbench"], result["peer"], peer_name, settings),
+        row(f"lightning_overhead_{family}", f"{what}: Lightning run vs bare loop", "img/s", result["genbench"],
+            result["bare"], "bare loop, same net", settings),  # fmt: skip
+    ]
+
+
+def compare_sampling(cfg, datamodule, mode: dict, peak: float) -> list[dict]:
+    """genbench's evaluator sampling vs a diffusers scheduler loop over the same network, batch and labels."""
+    from genbench.metrics.config import MetricsConfig
+    from genbench.metrics.evaluator import sample_images
+    from genbench.models import build_model
+
+    model = build_model(cfg.model, datamodule.image_shape, datamodule.num_classes, datamodule.class_names)
+    metrics = MetricsConfig.from_cfg(cfg.metrics)
+    device = metrics.torch_device()
+    model = model.to(device).eval()
+    n = mode["sample_n"]
+    batch = min(metrics.batch_size, n)
+    precision = lambda: torch.autocast(device.type, enabled=False)  # noqa: E731 - fp32 sampling on both sides
+    rows = []
+    for name in ("ddim", "dpmpp_2m"):
+        steps = mode["sample_steps"]
+        settings = model.sampler_settings({"sampler": name, "steps": steps, **({"eta": 0.0} if name == "ddim" else {})})
+        scheduler = peers.diffusers_sampler(name, steps, model.schedule)
+        ours = lambda: sample_images(model, n, batch, 0, settings, device)[1]  # noqa: E731
+        theirs = lambda: peers.diffusers_sample(model.ema.module, scheduler, n, batch, model.image_shape,  # noqa: E731
+                                                model.num_classes, device, precision)  # fmt: skip
+        sample_images(model, 8, 8, 0, settings, device)  # warm-up
+        peers.diffusers_sample(model.ema.module, scheduler, 8, 8, model.image_shape, model.num_classes, device, precision)
+        net_flops = timing.count_flops(lambda: model.ema.module(torch.zeros(1, *model.image_shape, device=device),
+                                                                 torch.zeros(1, dtype=torch.long, device=device),
+                                                                 None if model.num_classes is None else
+                                                                 torch.zeros(1, dtype=torch.long, device=device)))  # fmt: skip
+        result = timing.interleaved({"genbench": (ours, n), "peer": (theirs, n)}, mode["sample_rounds"], device)
+        result = with_flops(result, {"genbench": net_flops * steps, "peer": net_flops * steps}, peak)
+        rows.append(row(f"sample_{name}{steps}", f"sampling, {name} {steps} steps, batch {batch}", "samples/s",
+                        result["genbench"], result["peer"], f"diffusers {type(scheduler).__name__} loop",
+                        {"batch": batch, "n": n, "steps": steps, "precision": "fp32"}))  # fmt: skip
+    return rows
+
+
+def compare_evaluation(cfg, datamodule, mode: dict, workdir: Path) -> list[dict]:
+    """genbench's evaluation (memorization included, warm cache) vs torch-fidelity's calculate_metrics."""
+    import torch_fidelity
+
+    from genbench.metrics import evaluate_images
+    from genbench.metrics.config import MetricsConfig
+    from genbench.metrics.evaluator import images_from_datamodule
+    from genbench.metrics.extractors import FMNIST
+
+    n_ref = mode["n_reference"]
+    tiny = {"heldout_split": "val", "n_reference": n_ref} if n_ref else {}  # the val split: 64 images in tiny mode
+    metrics = MetricsConfig.from_cfg({**dict(cfg.metrics), "extractor": FMNIST, "cache_dir": str(workdir / "cache"), **tiny})
+    device = metrics.torch_device()
+    reference = datamodule.images("test")[:n_ref]
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, images):
+            self.images = images
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            return self.images[i]
+
+    rows = []
+    for n in mode["eval_n"]:
+        fake = datamodule.images("train")[:n]
+        kid_size = min(metrics.kid_subset_size, n)
+        config = MetricsConfig(**{**metrics.__dict__, "n_samples": n})
+
+        def ours() -> None:
+            evaluate_images(fake, images_from_datamodule(datamodule, "test", n_ref), config,
+                            train=images_from_datamodule(datamodule, "train"),
+                            heldout=images_from_datamodule(datamodule, metrics.heldout_split))  # fmt: skip
+
+        def theirs() -> None:
+            torch_fidelity.calculate_metrics(
+                input1=Images(fake), input2=Images(reference), feature_extractor=FMNIST, isc=True, fid=True, kid=True,
+                prc=True, kid_subset_size=kid_size, kid_subsets=metrics.kid_subsets, isc_splits=max(1, min(10, n // 100)),
+                batch_size=metrics.batch_size, cuda=device.type == "cuda", verbose=False, cache=True,
+                cache_root=str(workdir / "fidelity"), input2_cache_name=f"bench-reference-{len(reference)}",
+                save_cpu_ram=True,
+            )  # fmt: skip
+
+        ours(), theirs()  # warm caches (reference features, distances) on both sides
+        result = timing.interleaved({"genbench": (ours, n), "peer": (theirs, n)}, mode["eval_rounds"], device)
+        rows.append(row(f"evaluate_{n}", f"evaluation of {n} images vs {len(reference)} ({FMNIST})", "img/s",
+                        result["genbench"], result["peer"], "torch-fidelity calculate_metrics (no memorization)",
+                        {"n": n, "n_reference": len(reference), "memorization": metrics.memorization}))  # fmt: skip
+    return rows
+
+
+def say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def row(name, what, unit, genbench: dict, peer: dict, peer_name: str, settings: dict) -> dict:
+    ratio = genbench["median"] / peer["median"]
+    target = TARGETS.get(name)
+    return {"name": name, "what": what, "unit": unit, "genbench": genbench, "peer": {"name": peer_name, **peer},
+            "ratio": ratio, "target_ratio": target, "target_met": None if target is None else bool(ratio >= target),
+            "settings": settings}  # fmt: skip
+
+
+def print_table(record: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    hw = record["hardware"]
+    title = (f"genbench bench ({record['mode']}) on {hw['name']}, {hw['threads']} threads, torch {record['torch']}; "
+             f"matmul peak fp32 {record['peak_gflops']['fp32']:.0f}, bf16 {record['peak_gflops']['bf16']:.0f} GFLOP/s")  # fmt: skip
+    table = Table(title=title, title_justify="left")
+    for column in ("comparison", "genbench", "peer", "peer's", "ratio", "target", "", "% of peak"):
+        table.add_column(column, justify="left" if column in ("comparison", "peer") else "right")
+    for r in record["comparisons"]:
+        g, p = r["genbench"], r["peer"]
+        fraction = g.get("fraction_of_peak")
+        status = "" if r["target_met"] is None else ("[green]pass" if r["target_met"] else "[red]miss")
+        table.add_row(r["name"], f"{g['median']:,.1f} {r['unit']}", p["name"], f"{p['median']:,.1f}", f"{r['ratio']:.2f}x",
+                      "" if r["target_ratio"] is None else f">= {r['target_ratio']:.2f}x", status,
+                      "" if fraction is None else f"{100 * fraction:.1f}%")  # fmt: skip
+    Console(width=max(150, Console().width)).print(table)
+    for r in record["comparisons"]:
+        print(f"  {r['name']}: {r['what']}; settings {json.dumps(r['settings'])}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="seconds, not minutes: the smoke test make test runs")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per comparison (default 3)")
+    parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
+    parser.add_argument("--only", nargs="+", choices=["diffusion", "gan", "sampling", "evaluation"], default=None)
+    parser.add_argument("overrides", nargs="*", help="genbench train overrides (hardware=gpu_bf16, data.batch_size=...)")
+    args = parser.parse_args(argv)
+    mode = dict(TINY if args.tiny else FULL)
+    if args.rounds:
+        mode.update(rounds=args.rounds, sample_rounds=args.rounds, eval_rounds=args.rounds)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+    cfg = compose(args.overrides, mode)  # model=diffusion unless the overrides say otherwise
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    device = torch.device("cuda" if cfg.hardware.accelerator in ("gpu", "cuda") else "cpu")
+    peak = {"fp32": timing.matmul_peak(torch.float32, device), "bf16": timing.matmul_peak(torch.bfloat16, device)}
+    peak_now = peak["bf16" if str(cfg.hardware.precision).startswith("bf16") else "fp32"]
+    only = set(args.only or ["diffusion", "gan", "sampling", "evaluation"])
+    comparisons = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="genbench-bench-") as workdir:
+        if "diffusion" in only:
+            say("diffusion training")
+            comparisons += compare_training(compose(args.overrides + ["model=diffusion"], mode), datamodule, mode, peak_now)
+        if "gan" in only:
+            say("GAN training")
+            comparisons += compare_training(compose(args.overrides + ["model=gan"], mode), datamodule, mode, peak_now)
+        if "sampling" in only:
+            say("sampling")
+            comparisons += compare_sampling(cfg, datamodule, mode, peak["fp32"])
+        if "evaluation" in only:
+            say("evaluation")
+            comparisons += compare_evaluation(cfg, datamodule, mode, Path(workdir))
+    import diffusers
+    import pytorch_lightning
+    import torch_fidelity
+
+    from genbench.training.record import git_commit
+
+    hw = timing.hardware(device)
+    record = {
+        "schema": 1, "mode": "tiny" if args.tiny else "full", "hardware": hw, "torch": torch.__version__,
+        "diffusers": diffusers.__version__, "torch_fidelity": torch_fidelity.__version__,
+        "lightning": pytorch_lightning.__version__, "git_commit": git_commit(ROOT),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "overrides": list(args.overrides),
+        "precision": str(cfg.hardware.precision), "peak_gflops": peak, "seconds": round(time.perf_counter() - started, 1),
+        "comparisons": comparisons,
+    }  # fmt: skip
+    out = Path(args.out)
+    path = out / f"{hw['slug']}{'-tiny' if args.tiny else ''}.json"
+    if args.only and path.exists():  # a partial run replaces its comparisons in the machine's record, keeps the rest
+        previous = json.loads(path.read_text())
+        kept = [r for r in previous.get("comparisons", []) if r["name"] not in {c["name"] for c in comparisons}]
+        record["comparisons"] = kept + comparisons
+        record["parts"] = previous.get("parts", []) + [{k: previous[k] for k in ("date", "git_commit", "seconds")}]
+    bad = [r["name"] for r in record["comparisons"] for side in ("genbench", "peer") if not (math.isfinite(r[side]["median"]) and r[side]["median"] > 0)]
+    if bad:
+        raise SystemExit(f"genbench: error: non-finite or non-positive throughput in {bad}")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    print_table(record)
+    print(f"written {path}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
