@@ -1,7 +1,7 @@
 """Checkpoints a run can trust, and training that does not depend on things that should not matter.
 
 Safe checkpoints (no non-finite weights saved, a damaged last.ckpt falls back to previous.ckpt, a completed record
-is never rewritten on such an error), keys independent of model.compile, EMA in images (equal averaging at any
+is never rewritten on such an error), keys independent of hardware.compile, EMA in images (equal averaging at any
 batch size), data.subset the same images for every seed, the training order a pure function of its position, and
 a progress bar that ends at the budget.
 """
@@ -106,15 +106,16 @@ def test_a_checkpoint_with_non_finite_weights_is_not_resumed_from(tmp_path, capl
     assert "non-finite" in caplog.text and "previous.ckpt" in caplog.text
 
 
-# ---------------------------------------------------------------------- model.compile
+# ---------------------------------------------------------------------- hardware.compile
 @pytest.mark.parametrize("family", ["vae", "gan"])
-def test_checkpoint_keys_do_not_depend_on_model_compile(tmp_path, family):
+def test_checkpoint_keys_do_not_depend_on_hardware_compile(tmp_path, family):
     """torch.compile's wrapper is kept out of the module tree: a compiled model's state_dict loads into a plain
     one and back (strict), without running the compiled graph."""
     models = {}
     for compiled in (False, True):
-        cfg = compose_train(tmp_path / "run", *tiny_overrides(family), f"model.compile={compiled}")
+        cfg = compose_train(tmp_path / "run", *tiny_overrides(family))
         models[compiled] = build_model(cfg.model, (1, 28, 28), 10, CLASSES)
+        models[compiled].configure_speed(compile=compiled)
     plain, compiled = models[False], models[True]
     assert plain.state_dict().keys() == compiled.state_dict().keys()
     assert not any("_orig_mod" in k or k.startswith("train_") for k in compiled.state_dict())

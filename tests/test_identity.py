@@ -81,7 +81,8 @@ def test_a_change_that_shapes_training_is_named(change, key):
         dict(logger__extra=[{"_target_": "W"}]), dict(callbacks__sample_grid__every_n_steps=5),
         dict(trainer__log_every_n_steps=1), dict(trainer__checkpoint_every_n_steps=7), dict(data__num_workers=4),
         dict(data__on_device=True), dict(data__cache_dir="/b"), dict(data__root="/elsewhere"),
-        dict(hardware__name="gpu", hardware__accelerator="gpu"), dict(model__compile=True),
+        dict(hardware__name="gpu", hardware__accelerator="gpu"), dict(model__compile=True), dict(hardware__compile=True),
+        dict(hardware__channels_last=True), dict(hardware__fused_optimizer=False),
         dict(paths__output_dir="/runs/y"),
     ],
 )  # fmt: skip

@@ -17,6 +17,8 @@ __all__ = ["Diverged", "GenerativeModule", "build_model", "load_checkpoint", "fi
 
 def build_model(model_cfg: DictConfig, image_shape, num_classes: int | None, class_names) -> GenerativeModule:
     """Instantiate ``model=…`` for data of this shape and these classes (taken from the data module)."""
+    if "compile" in model_cfg:  # runs before hardware.compile kept it here; it only said how fast, so it goes
+        model_cfg = OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k != "compile"])
     model = instantiate(model_cfg, image_shape=list(image_shape), num_classes=num_classes, class_names=class_names)
     if not isinstance(model, GenerativeModule):
         raise GenbenchError(f"model._target_ {model_cfg._target_} is not a genbench GenerativeModule")

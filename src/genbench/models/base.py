@@ -6,6 +6,8 @@ Evaluation, sampling and reporting touch nothing else: ``sample``, ``family``, `
 
 from __future__ import annotations
 
+import time
+from contextlib import nullcontext
 from typing import ClassVar, Sequence
 
 import pytorch_lightning as pl
@@ -16,6 +18,8 @@ from genbench import noise
 from genbench.errors import GenbenchError
 from genbench.models.ema import ImageEMA, checked_ema_settings
 from genbench.models.resume import StepEnd, collect_rng_states, non_finite_tensors, restore_rng_states
+from genbench.training.budget import BudgetCallback
+from genbench.training.speed import compile_cache_dir, optimizer_kwargs
 
 
 class Diverged(RuntimeError):
@@ -34,7 +38,6 @@ class GenerativeModule(pl.LightningModule):
         conditional: bool = True,
         ema_halflife_kimg: float = 44.0,
         ema_rampup_ratio: float | None = 0.077,
-        compile: bool = False,
         log_every_n_steps: int = 25,
     ):
         super().__init__()
@@ -44,7 +47,11 @@ class GenerativeModule(pl.LightningModule):
         self.num_classes = int(num_classes) if (conditional and num_classes) else None
         self.class_names = list(class_names) if (self.num_classes and class_names) else None
         self.ema_halflife_kimg, self.ema_rampup_ratio = checked_ema_settings(ema_halflife_kimg, ema_rampup_ratio)
-        self.compile_nets = compile
+        self.speed = {"compile": False, "channels_last": False, "fused_optimizer": False}  # see configure_speed
+        self.compile_seconds: float | None = None
+        self._training_views: dict[str, nn.Module] = {}
+        self._warm_up_pending = False
+        self._warming_up = False
         self.log_every_n_steps = log_every_n_steps
         self.images_seen = 0
         self.run_meta: dict | None = None  # resolved config and data facts, stored in every checkpoint
@@ -108,6 +115,8 @@ class GenerativeModule(pl.LightningModule):
     # ------------------------------------------------------------------ losses
     def log_losses(self, losses: dict[str, torch.Tensor]) -> None:
         """Log each term and remember, without a host sync, the first step it went non-finite."""
+        if self._warming_up:
+            return
         step = torch.tensor(self.global_step_count(), device=self.device)
         for name, value in losses.items():
             value = value.detach()
@@ -169,9 +178,96 @@ class GenerativeModule(pl.LightningModule):
         return None
 
     def set_training_view(self, name: str, net: nn.Module) -> None:
-        """``self.<name>``: the network the training step calls, compiled when ``model.compile=true``.
+        """``self.<name>``: the network the training step calls, compiled when ``hardware.compile=true``.
 
         It is kept out of the module tree (set past ``nn.Module.__setattr__``), so checkpoint keys do not depend on
-        ``model.compile`` (torch.compile's wrapper would add ``<name>._orig_mod.*``) and weights are not stored twice.
+        ``hardware.compile`` (torch.compile's wrapper would add ``<name>._orig_mod.*``) and weights are not stored twice.
         """
-        object.__setattr__(self, name, torch.compile(net) if self.compile_nets else net)
+        self._training_views[name] = net
+        object.__setattr__(self, name, net)
+
+    # ------------------------------------------------------------------ speed switches (hardware.*)
+    def configure_speed(self, compile: bool = False, channels_last: bool = False, fused_optimizer: bool = False) -> None:
+        """The machine's speed switches; none changes what training computes beyond floating-point rounding.
+
+        ``compile``: the training networks run through ``torch.compile`` (inductor, caches under
+        :func:`compile_cache_dir`), warmed up before the budget's clock runs (:meth:`warm_up`). ``channels_last``:
+        the training networks' weights and image inputs in NHWC layout (the EMA copies that sample stay as they are). ``fused_optimizer``: ``fused=True`` for every
+        optimizer. Called once, after the model is built and before training.
+        """
+        self.speed = {"compile": bool(compile), "channels_last": bool(channels_last),
+                      "fused_optimizer": bool(fused_optimizer)}  # fmt: skip
+        if compile:
+            compile_cache_dir()
+        for name, net in self._training_views.items():
+            if channels_last:
+                net.to(memory_format=torch.channels_last)
+                net.register_forward_pre_hook(_channels_last_input)
+            object.__setattr__(self, name, torch.compile(net) if compile else net)
+
+    def make_optimizer(self, factory, params) -> torch.optim.Optimizer:
+        """``factory`` (a ``model.*optimizer`` partial) on ``params``, fused when ``hardware.fused_optimizer``."""
+        return factory(params, **optimizer_kwargs(self.speed["fused_optimizer"]))
+
+    def on_fit_start(self) -> None:
+        # One process only: under DDP the warm-up would run the wrapped module's backward without DDP's forward,
+        # so there the compilation is part of the first step (and of the budget).
+        self._warm_up_pending = self.speed["compile"] and self.trainer.world_size == 1
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if not self._warm_up_pending:
+            return
+        self._warm_up_pending = False
+        budget = next((cb for cb in self.trainer.callbacks if isinstance(cb, BudgetCallback)), None)
+        with budget.paused() if budget is not None else nullcontext():
+            start = time.perf_counter()
+            self.warm_up(batch)
+            self.compile_seconds = round(time.perf_counter() - start, 2)
+
+    def warm_up(self, batch) -> None:
+        """Compile the training graphs on the session's first batch with the budget's clock stopped: one training
+        step's forward and backward through the compiled networks, then undone. Optimizers do not step, the RNG
+        states and buffers (batch-norm statistics, spectral-norm vectors) are put back and gradients cleared, so
+        training draws and computes exactly what it would have without the warm-up."""
+        rng = collect_rng_states()
+        buffers = [(b, b.detach().clone()) for b in self.buffers()]
+        self._warming_up = True
+        try:
+            with self.trainer.precision_plugin.train_step_context():
+                if self.automatic_optimization:
+                    loss = self.training_step(batch, 0)
+                    self.trainer.strategy.backward(loss, None)
+                else:
+                    optimizers = self.optimizers(use_pl_optimizer=False)
+                    optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+                    self.optimizers = lambda use_pl_optimizer=True: [_NoStep(o) for o in optimizers]
+                    self.training_step(batch, 0)
+        finally:
+            self.__dict__.pop("optimizers", None)
+            self._warming_up = False
+            restore_rng_states(rng)
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+            for param in self.parameters():
+                param.grad = None
+
+
+def _channels_last_input(module: nn.Module, args: tuple) -> tuple:
+    """A forward pre-hook: an image batch (N, C, H, W) as the first input goes in NHWC layout."""
+    if args and torch.is_tensor(args[0]) and args[0].dim() == 4:
+        return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+    return args
+
+
+class _NoStep:
+    """An optimizer whose ``step`` does nothing (gradients are still cleared): for :meth:`warm_up`."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None) -> None:
+        return None

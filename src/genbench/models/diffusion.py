@@ -60,7 +60,7 @@ class DiffusionModule(GenerativeModule):
         return loss
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.net.parameters())
+        return self.make_optimizer(self.optimizer_factory, self.net.parameters())
 
     def make_sampler(self, sampler: str = "ddim", steps: int = 50, eta: float | None = None,
                       sigma_max: float | None = DEFAULT_SIGMA_MAX, **_) -> Sampler:  # fmt: skip

@@ -86,7 +86,8 @@ class GANModule(GenerativeModule):
         return self.generator
 
     def configure_optimizers(self):
-        return [self.g_optimizer_factory(self.generator.parameters()), self.d_optimizer_factory(self.discriminator.parameters())]
+        return [self.make_optimizer(self.g_optimizer_factory, self.generator.parameters()),
+                self.make_optimizer(self.d_optimizer_factory, self.discriminator.parameters())]  # fmt: skip
 
     def _latents(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.generator.latent_dim, device=self.device)

@@ -62,7 +62,7 @@ class VAEModule(GenerativeModule):
         return self.net
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.net.parameters())
+        return self.make_optimizer(self.optimizer_factory, self.net.parameters())
 
     def current_beta(self) -> float:
         """beta, ramped linearly from 0 over kl_warmup_steps (Bowman et al. 2016)."""

@@ -11,7 +11,7 @@ from pytorch_lightning.callbacks import RichProgressBar
 from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
 from genbench.noise import IndexedNoise
 from genbench.training.budget import BudgetCallback
-from genbench.training.record import RUN_JSON, hardware_info, now, peak_memory_mb, read_json, write_json
+from genbench.training.record import RUN_JSON, hardware_info, now, peak_memory_mb, read_json, speed_info, write_json
 
 
 class RunRecordCallback(pl.Callback):
@@ -38,6 +38,7 @@ class RunRecordCallback(pl.Callback):
             img_per_s=round(self.budget.session_images / seconds, 2) if seconds > 0 else None,
             peak_mem_mb=round(peak_memory_mb(trainer.strategy.root_device), 1),
             hardware=hardware_info(trainer),
+            speed=speed_info(trainer, pl_module),
             **fields,
         )
         if trainer.is_global_zero:

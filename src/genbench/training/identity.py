@@ -18,11 +18,14 @@ Keys that do **not** shape training:
 - Where and how the data is read: ``data.cache_dir``, ``data.num_workers``, ``data.on_device`` (both loader paths
   walk the same batches), and ``data.root`` for ``data.source=fashion_mnist``, where it only says where the standard
   files lie (for an image folder the root *is* the data, so there it counts).
-- Which machine and how fast: ``hardware.name``, ``hardware.accelerator``, ``model.compile``.
+- Which machine and how fast: ``hardware.name``, ``hardware.accelerator`` and the speed switches
+  ``hardware.compile``, ``hardware.channels_last``, ``hardware.fused_optimizer`` (they change floating-point
+  rounding, not what is computed; ``model.compile`` is where older runs kept ``hardware.compile``).
 
 Everything else shapes training: ``seed``, ``model.*`` (architecture, loss, optimizers, EMA, ...), ``data.*``
 (source, name, image size, channels, resize, subset, val_size, batch_size, flip, seed), the trainer's numerics
-(``trainer.gradient_clip_val``, ``trainer.deterministic``, any other Trainer argument), ``hardware.precision``,
+(``trainer.gradient_clip_val``, ``trainer.deterministic``, any other Trainer argument), ``hardware.precision`` (as resolved:
+``auto`` is replaced by this machine's choice before the folder is checked or written),
 ``hardware.devices``, ``hardware.num_nodes`` and ``hardware.strategy``. ``data.batch_size`` is the global batch
 (the images an update sees, summed over all ranks), so the number of ranks does not change which images an update
 sees; it still counts, conservatively: floating-point reduction order and each rank's own noise draws differ. A run
@@ -46,7 +49,8 @@ NOT_TRAINING_KEYS = frozenset({
     "trainer.enable_model_summary", "trainer.num_sanity_val_steps", "trainer.limit_val_batches",
     "trainer.limit_test_batches",
     "data.cache_dir", "data.num_workers", "data.on_device",
-    "hardware.name", "hardware.accelerator", "model.compile",
+    "hardware.name", "hardware.accelerator", "hardware.compile", "hardware.channels_last", "hardware.fused_optimizer",
+    "model.compile",
 })  # fmt: skip
 ABSENT = "(absent)"
 IMPLIED = {"hardware.num_nodes": 1}  # the value a key added later had before it existed

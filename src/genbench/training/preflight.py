@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genbench.errors import GenbenchError
+from genbench.training.speed import optimizer_kwargs, resolve_precision, speed_switches
 
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
 RESUME_MODES = ("auto", "must", "never")
@@ -97,6 +98,10 @@ def check_hardware_keys(cfg: DictConfig) -> None:
     if hw.accelerator != "cpu" and not torch.cuda.is_available():
         raise GenbenchError(f"hardware={hw.get('name', hw.accelerator)} needs a CUDA GPU and none is visible; "
                             "use hardware=cpu")  # fmt: skip
+    for key, value in speed_switches(hw).items():
+        if not isinstance(value, bool):
+            raise GenbenchError(f"hardware.{key}={value}; expected true or false")
+    resolve_precision(cfg)  # auto -> what this machine runs best, before anything is written (training/speed.py)
     try:
         _convert_precision_to_unified_args(hw.precision)
     except ValueError as exc:
@@ -117,16 +122,20 @@ def check_hardware_keys(cfg: DictConfig) -> None:
 
 
 def check_optimizers(cfg: DictConfig) -> None:
-    """Build every ``torch.optim`` node under ``model`` on a dummy parameter: torch checks lr, betas, eps, ..."""
+    """Build every ``torch.optim`` node under ``model`` on a dummy parameter: torch checks lr, betas, eps, ... and
+    whether it has a fused kernel for this device when ``hardware.fused_optimizer`` asks for one."""
+    extra = optimizer_kwargs(speed_switches(cfg.hardware)["fused_optimizer"] is True)
+    device = "cuda" if cfg.hardware.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
     nodes = [(key, node) for key, node in cfg.model.items()
              if isinstance(node, DictConfig) and str(node.get("_target_", "")).startswith("torch.optim.")]  # fmt: skip
     for key, node in nodes:
         try:
-            instantiate(node)([torch.nn.Parameter(torch.zeros(1))])
+            instantiate(node)([torch.nn.Parameter(torch.zeros(1, device=device))], **extra)
         except Exception as exc:  # noqa: BLE001 - any failure here is a bad optimizer setting
             cause = exc.__cause__ or exc
             settings = ", ".join(f"{k}={v}" for k, v in node.items() if not str(k).startswith("_"))
-            raise GenbenchError(f"model.{key} ({node._target_}: {settings}) is not a usable optimizer: "
+            fused = " with hardware.fused_optimizer=true (set it false for this optimizer)" if extra else ""
+            raise GenbenchError(f"model.{key} ({node._target_}: {settings}) is not a usable optimizer{fused}: "
                                 f"{type(cause).__name__}: {' '.join(str(cause).split())}") from None  # fmt: skip
 
 

@@ -57,6 +57,22 @@ def hardware_info(trainer) -> dict:
     }
 
 
+def speed_info(trainer, pl_module) -> dict:
+    """The speed switches a run trained with (``hardware.*``, training/speed.py) and what compiling cost: the
+    warm-up's seconds, kept out of ``train_seconds`` and ``img_per_s`` (None without compile, or under DDP where the
+    first step compiles inside the budget)."""
+    speed = dict(getattr(pl_module, "speed", {}))
+    config = (getattr(pl_module, "run_meta", None) or {}).get("config", {})
+    return {
+        "precision": str(trainer.precision),
+        "compile": speed.get("compile", False),
+        "compile_seconds": getattr(pl_module, "compile_seconds", None),
+        "channels_last": speed.get("channels_last", False),
+        "fused_optimizer": speed.get("fused_optimizer", False),
+        "on_device": bool(config.get("data", {}).get("on_device", False)),
+    }
+
+
 def write_json(path: Path, record: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
