@@ -65,7 +65,9 @@ def test_two_ranks_train_distinct_shares_count_all_ranks_and_record_once(tmp_pat
 
     runs = {family: tmp_path / family for family in FAMILIES}
     extra = {"gan": ["evaluate=true", "metrics.n_samples=200", "metrics.n_reference=200", "metrics.memorization=false",
-                     "metrics.extractor=fmnist_classifier", "callbacks.sample_grid.every_n_steps=3"]}  # fmt: skip
+                     "metrics.extractor=fmnist_classifier", "callbacks.sample_grid.every_n_steps=3",
+                     "callbacks.fid.every_n_steps=3", "callbacks.fid.n_samples=100"],
+             "vae": ["data.on_device=true"]}  # each rank slices its own share from the tensors too  # fmt: skip
     started = {f: start_cli("train", *ddp_command(f, runs[f], *extra.get(f, [])), env=ENV) for f in FAMILIES}
     # Meanwhile: a two-rank diffusion run stopped half-way (budget) then resumed, against the uninterrupted one above.
     half = start_cli("train", *ddp_command("diffusion", tmp_path / "resumed", f"budget.max_steps={STEPS // 2}"), env=ENV)
@@ -94,6 +96,8 @@ def test_two_ranks_train_distinct_shares_count_all_ranks_and_record_once(tmp_pat
         assert checkpoint["genbench_images_seen"] == STEPS * GLOBAL_BATCH, family  # the EMA's image count is global
     gan = runs["gan"]
     assert sorted(p.name for p in (gan / "samples").iterdir()) == ["step_000003.png", "step_000006.png"]
+    fid_lines = [line for line in (results["gan"].stdout + results["gan"].stderr).splitlines() if ": fid " in line]
+    assert len(fid_lines) == 2, fid_lines  # in-training FID at batches 3 and 6, by rank 0 alone
     scores = json.loads((gan / "metrics.json").read_text())
     assert scores["n_fake"] == 200 and math.isfinite(scores["fid"])
     assert sum(p.name == "metrics.json" for p in gan.rglob("*.json")) == 1
@@ -129,10 +133,13 @@ def one_process_test_elbo(run_dir: Path) -> float:
     return float(trainer.test(model, datamodule=data, verbose=False)[0]["test/elbo"])
 
 
-def test_a_global_batch_the_ranks_cannot_share_is_refused_before_anything_is_loaded(tmp_path):
+def test_a_global_batch_the_ranks_cannot_share_and_spawned_ranks_are_refused_before_anything_is_loaded(tmp_path):
     from conftest import assert_contract_error
 
-    result = finish_cli(start_cli("train", "model=vae", "hardware=ddp_cpu", "data.batch_size=15",
-                                  f"paths.output_dir={tmp_path / 'run'}"))  # fmt: skip
-    assert_contract_error(result, "data.batch_size=15", "2 ranks")
-    assert not (tmp_path / "run").exists()
+    uneven = start_cli("train", "model=vae", "hardware=ddp_cpu", "data.batch_size=15",
+                       f"paths.output_dir={tmp_path / 'uneven'}")  # fmt: skip
+    spawn = start_cli("train", "model=gan", "hardware=ddp_cpu", "hardware.strategy=ddp_spawn",
+                      f"paths.output_dir={tmp_path / 'spawn'}")  # fmt: skip
+    assert_contract_error(finish_cli(uneven), "data.batch_size=15", "2 ranks")
+    assert_contract_error(finish_cli(spawn), "hardware.strategy=ddp_spawn", "hardware.strategy=ddp")
+    assert not (tmp_path / "uneven").exists() and not (tmp_path / "spawn").exists()

@@ -34,7 +34,6 @@ from genbench.training.identity import check_same_training
 from genbench.training.preflight import check_train_config
 from genbench.training.record import RUN_JSON, git_commit, read_json
 from genbench.training.run_folder import RunFolder
-from genbench.training.speed import speed_switches
 from genbench.training.slurm import cluster_hooks
 from genbench.training.wandb_media import WandbMediaCallback
 
@@ -131,6 +130,12 @@ def preflight(cfg: DictConfig) -> Budget:
     check_train_config(cfg)
     check_metrics(cfg.metrics)  # metrics.* (the extractor's name too) fail now, not after training
     _require_positive_int(cfg.hardware.get("num_nodes", 1), "hardware.num_nodes")
+    if "spawn" in str(cfg.hardware.strategy):
+        # The spawn launcher pickles the model into each new process; torch refuses to pickle parametrized modules
+        # (the GAN's spectral norm), so only some families would run. One launcher that works for all instead.
+        raise GenbenchError(f"hardware.strategy={cfg.hardware.strategy} is not supported: it pickles the model, "
+                            "which spectral-norm layers forbid; use hardware.strategy=ddp (one process per rank, "
+                            "started by Lightning, srun or torchrun)")  # fmt: skip
     rank_share(int(cfg.data.batch_size), world_size(cfg.hardware))  # data.batch_size is the global batch
     return Budget(**cfg.budget)
 
@@ -178,7 +183,6 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(cfg.model, datamodule.image_shape, datamodule.num_classes, datamodule.class_names)
-    model.configure_speed(**speed_switches(cfg.hardware))  # hardware.compile, channels_last, fused_optimizer
     sampler = as_sampler_kwargs(cfg.sampler)  # every key (heun's sigma_max too): the model keeps what applies
     model.sampler_settings(sampler)  # a sampler the model cannot use is refused before the folder is written
     model.log_every_n_steps = cfg.trainer.log_every_n_steps

@@ -108,6 +108,8 @@ class DeviceBatches:
     evaluation splits), so both paths give the same batches, and each rank its own share, for the same seed.
     """
 
+    batch_sampler = None  # Lightning reads a loader's batch_sampler, then its sampler, to see whether it shuffles
+
     def __init__(self, tensors: tuple[torch.Tensor, ...], sampler: TrainOrder | ShardedBatches):
         self.tensors = tensors
         self.sampler = sampler
