@@ -34,6 +34,7 @@ from genbench.training.identity import check_same_training
 from genbench.training.preflight import check_train_config
 from genbench.training.record import RUN_JSON, git_commit, read_json
 from genbench.training.run_folder import RunFolder
+from genbench.training.speed import speed_switches
 from genbench.training.slurm import cluster_hooks
 from genbench.training.wandb_media import WandbMediaCallback
 
@@ -183,6 +184,7 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(cfg.model, datamodule.image_shape, datamodule.num_classes, datamodule.class_names)
+    model.configure_speed(**speed_switches(cfg.hardware))  # hardware.compile, channels_last, fused_optimizer
     sampler = as_sampler_kwargs(cfg.sampler)  # every key (heun's sigma_max too): the model keeps what applies
     model.sampler_settings(sampler)  # a sampler the model cannot use is refused before the folder is written
     model.log_every_n_steps = cfg.trainer.log_every_n_steps
