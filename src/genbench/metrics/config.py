@@ -33,7 +33,7 @@ class MetricsConfig:
     memorization: bool = True
     heldout_split: str = "test"
     memorization_percentile: float = 5.0
-    batch_size: int = 250
+    batch_size: int = 64
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     isc_splits: int = 10
