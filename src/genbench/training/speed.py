@@ -50,7 +50,8 @@ def resolve_precision(cfg: DictConfig) -> None:
     precision = "bf16-mixed" if native_bf16(accelerator) else "32-true"
     with open_dict(cfg):
         cfg.hardware.precision = precision
-    log.info("hardware.precision=auto: %s (%s bf16 on this %s)", precision,
+    # debug, not info: preflight prints nothing before a command is accepted; config.yaml and run.json record it
+    log.debug("hardware.precision=auto: %s (%s bf16 on this %s)", precision,
              "native" if precision == "bf16-mixed" else "no native", accelerator)  # fmt: skip
 
 
