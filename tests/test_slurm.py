@@ -246,3 +246,18 @@ def test_local_submitit_sweep_runs_two_jobs(tmp_path, fmnist):
         assert record["status"] == "completed" and record["steps"] == 4, record
         assert (run / "checkpoints" / "last.ckpt").exists() and (run / "config.yaml").exists()
     assert len(list((tmp_path / "local" / ".submitit").glob("*/*_result.pkl"))) == 2  # one submitit job per run
+
+
+def test_slurm_launcher_without_slurm_is_one_error_line(tmp_path):
+    """On a machine without sbatch/srun the sweep stops with genbench's error (exit 2), not submitit's traceback."""
+    bare_path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                if not (Path(p) / "sbatch").exists() and not (Path(p) / "srun").exists())  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "genbench.train", "-m", "hydra/launcher=slurm", "experiment=smoke", "model=gan,vae",
+         f"paths.runs_dir={tmp_path / 'runs'}"],
+        cwd=tmp_path, env={**os.environ, "PATH": bare_path}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("genbench: error:") and "hydra/launcher=local" in lines[0]
+    assert not list((tmp_path / "runs").glob("*/*/run.json"))

@@ -26,6 +26,19 @@ class _CheckedLaunch:
 class SlurmLauncher(_CheckedLaunch, plugin.SlurmLauncher):
     """One SLURM job array per sweep, one task per run (``sbatch --array``)."""
 
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        import shutil
+
+        from genbench.errors import GenbenchError
+
+        # submitit would stop with a traceback ("Could not detect srun") after composing every job
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:
+            raise GenbenchError(f"hydra/launcher=slurm needs SLURM's {' and '.join(missing)} on PATH (not found on "
+                                "this machine); submit from a SLURM login node, or try the sweep here with "
+                                "hydra/launcher=local")  # fmt: skip
+        return super().launch(job_overrides, initial_job_idx)
+
 
 class LocalLauncher(_CheckedLaunch, plugin.LocalLauncher):
     """One local process per run through submitit, with submitit's timeout signal and requeue."""
