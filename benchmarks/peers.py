@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genbench.diffusion.samplers import spaced_timesteps
-from genbench.models.diffusion import diffusion_loss
+from genbench.models.diffusion import diffusion_loss, drop_labels
 
 
 def batches(datamodule, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -87,11 +87,9 @@ def diffusers_train_step(unet: nn.Module, schedule, num_classes: int | None, lab
         images, labels = batch
         noise = torch.randn_like(images)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
-        if num_classes is not None:
-            drop = torch.rand(labels.shape, device=labels.device) < label_dropout
-            labels = torch.where(drop, torch.full_like(labels, num_classes), labels)
+        labels = drop_labels(labels, num_classes, label_dropout)
         with precision_ctx():
-            prediction = unet(scheduler.add_noise(images, noise, t), t, class_labels=labels if num_classes else None).sample
+            prediction = unet(scheduler.add_noise(images, noise, t), t, class_labels=labels).sample
         loss = F.mse_loss(prediction.float(), scheduler.get_velocity(images, noise, t))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -109,11 +107,7 @@ def genbench_bare_diffusion_step(model, precision_ctx):
 
     def step(batch) -> None:
         images, labels = batch
-        if model.num_classes is not None:
-            drop = torch.rand(labels.shape, device=labels.device) < model.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, model.num_classes), labels)
-        else:
-            labels = None
+        labels = drop_labels(labels, model.num_classes, model.label_dropout)
         with precision_ctx():
             loss = diffusion_loss(net, model.schedule, images, labels)
         optimizer.zero_grad(set_to_none=True)

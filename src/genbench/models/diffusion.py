@@ -24,6 +24,15 @@ def diffusion_loss(net: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, la
     return F.mse_loss(prediction.float(), schedule.training_target(x0, noise, t))
 
 
+def drop_labels(labels: torch.Tensor | None, num_classes: int | None, p: float) -> torch.Tensor | None:
+    """Classifier-free guidance training (Ho & Salimans 2022): with probability ``p`` a label becomes the null class
+    (index ``num_classes``); None for an unconditional model."""
+    if num_classes is None:
+        return None
+    drop = torch.rand(labels.shape, device=labels.device) < p
+    return torch.where(drop, torch.full_like(labels, num_classes), labels)
+
+
 class DiffusionModule(GenerativeModule):
     family = "diffusion"
 
@@ -49,12 +58,7 @@ class DiffusionModule(GenerativeModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        if self.num_classes is not None:
-            # Classifier-free guidance: with p = label_dropout the label becomes the null class (index num_classes).
-            drop = torch.rand(labels.shape, device=labels.device) < self.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-        else:
-            labels = None
+        labels = drop_labels(labels, self.num_classes, self.label_dropout)
         loss = diffusion_loss(self.train_net, self.schedule, images, labels)
         self.log_losses({"loss": loss})
         return loss
