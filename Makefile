@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.genbench-installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 PYTEST_ARGS ?=
+# pytest-xdist workers: tests are single-threaded (OMP_NUM_THREADS=1), so 2 workers use both cores; a module's tests
+# stay on one worker (its fixtures, e.g. trained runs, are built once). TEST_WORKERS=0 runs everything in-process.
+TEST_WORKERS ?= 2
 # `make bench BENCH_ARGS=--tiny` for the seconds-long smoke run; genbench overrides too: BENCH_ARGS=hardware=gpu_bf16
 BENCH_ARGS ?=
 # The default report on a CPU: the DDIM step grid without its FID curve (figures/sampler_cost, about two minutes at
@@ -40,10 +43,10 @@ run: setup ## train gan, vae and diffusion under one budget, evaluate, write res
 	$(PY) -m genbench.report sweep=runs/fashion_mnist_default out=results/fashion_mnist_default $(REPORT_ARGS)
 
 test: setup ## the whole test suite (what CI runs)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test-fast: setup ## the suite without tests marked slow
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope -m "not slow" $(PYTEST_ARGS)
 
 figures: setup ## redraw the default comparison's tables and figures from runs/fashion_mnist_default
 	$(PY) -m genbench.report sweep=runs/fashion_mnist_default out=results/fashion_mnist_default $(REPORT_ARGS)

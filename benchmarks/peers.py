@@ -218,29 +218,13 @@ def dcgan_examples_step(gan_model, device: torch.device, precision_ctx):
 def genbench_bare_gan_step(model, precision_ctx):
     """genbench's GAN step (its nets, losses, optimizers and EMA) in a plain loop."""
     opt_g, opt_d = model.configure_optimizers()
-    gen = getattr(model, "train_generator", model.generator)
-    disc = getattr(model, "train_discriminator", model.discriminator)
     images_seen = [0]
 
     def step(batch) -> None:
         real, labels = batch
-        labels = labels if model.num_classes is not None else None
-        n = real.shape[0]
-        for _ in range(model.d_steps):
-            with precision_ctx():
-                with torch.no_grad():
-                    fake = gen(torch.randn(n, model.generator.latent_dim, device=real.device), labels)
-                d_loss = model.d_loss_fn(disc(real, labels), disc(fake, labels))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
         with precision_ctx():
-            fake = gen(torch.randn(n, model.generator.latent_dim, device=real.device), labels)
-            g_loss = model.g_loss_fn(disc(fake, labels))
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
-        model.ema.step(model.generator, n, images_seen[0])
-        images_seen[0] += n
+            model.adversarial_step(real, labels, opt_g, opt_d)
+        model.ema.step(model.generator, real.shape[0], images_seen[0])
+        images_seen[0] += real.shape[0]
 
     return step

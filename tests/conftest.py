@@ -32,6 +32,13 @@ RUN_FIELDS = {"family", "status", "stop_reason", "seed", "params", "images_seen"
               "peak_mem_mb", "hardware", "git_commit", "started", "finished"}  # fmt: skip
 HARDWARE_FIELDS = {"accelerator", "device_name", "precision", "devices"}
 
+
+def cpu_precision() -> str:
+    """What ``hardware=cpu`` (precision auto) trains in on this machine: bf16-mixed where the CPU has native bf16."""
+    from genbench.training.speed import native_bf16
+
+    return "bf16-mixed" if native_bf16("cpu") else "32-true"
+
 # Width-8 networks and short samplers: enough to exercise every code path, cheap enough for CPU CI.
 TINY_MODEL = {
     "gan": ["model.generator.base_channels=8", "model.generator.latent_dim=16", "model.discriminator.base_channels=8"],

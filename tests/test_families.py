@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 import genbench.train
-from conftest import HARDWARE_FIELDS, RUN_FIELDS, compose_train, tiny_overrides, train_run
+from conftest import HARDWARE_FIELDS, RUN_FIELDS, compose_train, cpu_precision, tiny_overrides, train_run
 from genbench.diffusion.samplers import DDIMSampler
 from genbench.errors import GenbenchError
 from genbench.imageio import make_grid, read_png_text, to_uint8
@@ -116,7 +116,7 @@ class FamilyContract:
         assert record["steps"] == STEPS and record["images_seen"] == STEPS * 16 and record["seed"] == 0
         # the trained parameters, counted once: the EMA copy (frozen) and aliased training nets are not extra
         assert record["params"] == sum(p.numel() for p in trained.model.parameters() if p.requires_grad)
-        assert record["hardware"]["accelerator"] == "cpu" and record["hardware"]["precision"] == "32-true"
+        assert record["hardware"]["accelerator"] == "cpu" and record["hardware"]["precision"] == cpu_precision()
         assert record["train_seconds"] > 0 and record["img_per_s"] > 0 and record["peak_mem_mb"] > 0
         assert record["started"] <= record["finished"]
         assert record["git_commit"] is None or len(record["git_commit"]) >= 40

@@ -46,7 +46,7 @@ def extractor():
 
 @pytest.fixture(scope="module")
 def feats(data, extractor) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: extractor.features(images, batch_size=500) for name, images in data.items()}
+    return {name: extractor.features(images) for name, images in data.items()}
 
 
 def _score(feats, fake: str, real: str, **kwargs) -> dict:
@@ -143,13 +143,13 @@ def test_memorization_high_for_training_copies_low_for_heldout(feats):
 def test_extractor_adapts_rgb_and_size_identically(data, extractor):
     grey = data["test"][:50]
     rgb = grey.expand(-1, 3, -1, -1)
-    a = extractor.features(grey, 50)["penultimate"]
-    b = extractor.features(rgb, 50)["penultimate"]
+    a = extractor.features(grey)["penultimate"]
+    b = extractor.features(rgb)["penultimate"]
     assert torch.allclose(a, b, atol=1e-4)
     big = torch.nn.functional.interpolate(grey.float(), size=56, mode="nearest").to(torch.uint8)
-    assert extractor.features(big, 50)["penultimate"].shape == a.shape
+    assert extractor.features(big)["penultimate"].shape == a.shape
     with pytest.raises(GenbenchError):
-        extractor.features(torch.zeros(4, 2, 28, 28, dtype=torch.uint8), 4)
+        extractor.features(torch.zeros(4, 2, 28, 28, dtype=torch.uint8))
 
 
 def test_evaluate_images_caches_reference_and_rebuilds_corrupt_entry(data, tmp_path, caplog):

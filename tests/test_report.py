@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, assert_contract_error, finish_cli, requires_fmnist, start_cli, train_run
+from conftest import CONF_DIR, assert_contract_error, cpu_precision, finish_cli, requires_fmnist, start_cli, train_run
 
 from genbench.errors import GenbenchError
 from genbench.imageio import read_png_text
@@ -74,7 +74,7 @@ def test_two_family_two_seed_sweep_reports_mean_std_with_n2(sweeps):
     assert len(runs) == 4 and {r["status"] for r in runs} == {"completed"}
     header = (out / "runs.csv").read_text().splitlines()[0].split(",")
     assert len(header) == len(set(header))  # no column shadows another (hardware precision vs the metric)
-    assert all(0 <= float(r["precision"]) <= 1 and r["hardware_precision"] == "32-true" for r in runs)
+    assert all(0 <= float(r["precision"]) <= 1 and r["hardware_precision"] == cpu_precision() for r in runs)
 
     # evaluate=true wrote each score under its protocol, and metrics.json as the run's own.
     for folder in {Path(r["path"]) for r in runs}:

@@ -130,7 +130,7 @@ class FIDCallback(pl.Callback):
                 )
             finally:
                 pl_module.train(was_training)
-            features = self.extractor.features(fake, self.config.batch_size)
+            features = self.extractor.features(fake)
             value = fid(features, self.reference, self.extractor.feature_layer)
         self._fid_seconds += time.perf_counter() - started
         self._last_eval_time = wall_clock

@@ -127,7 +127,7 @@ def reference_features(
     def compute() -> dict[str, torch.Tensor]:
         loaded = images.load()
         log.info("extracting %s features of %d %s images", extractor.name, len(loaded), what)
-        return extractor.features(loaded, config.batch_size, progress, f"{what} features")
+        return extractor.features(loaded, progress, f"{what} features")
 
     key = feature_key(extractor, images)
     if key is None:
@@ -221,7 +221,7 @@ def score_images(plan: Plan, fake: torch.Tensor, progress: Progress | None = Non
     cache, memo = FeatureCache(config.cache_dir), {}
     started = time.perf_counter()
     with nullcontext(progress) if progress is not None else progress_bar() as bar:
-        fake_features = extractor.features(fake, config.batch_size, bar, "generated features")
+        fake_features = extractor.features(fake, bar, "generated features")
         real_features = reference_features(extractor, plan.reference, cache, config, bar, "reference", memo)
         record = {
             "protocol": plan.protocol.id,

@@ -94,31 +94,40 @@ class GANModule(GenerativeModule):
 
     def training_step(self, batch, batch_idx: int) -> None:
         real, labels = batch
-        labels = labels if self.num_classes is not None else None
         g_opt, d_opt = self.optimizers()
-        n = real.shape[0]
+        self.log_losses(self.adversarial_step(real, labels, g_opt, d_opt, self.manual_backward))
 
-        for _ in range(self.d_steps):
-            with torch.no_grad():
+    def adversarial_step(self, real, labels, g_opt, d_opt, backward=torch.Tensor.backward) -> dict[str, torch.Tensor]:
+        """``d_steps`` discriminator updates, then one generator update; returns the loss terms to log.
+
+        The generator runs once per discriminator step. The last step's fakes keep their graph and are the
+        generator update's fakes (as in pytorch/examples' DCGAN), so a generator update costs one discriminator
+        forward and one backward through both nets, not another generator forward. Real and fake images go through
+        the discriminator as one batch: it has no batch statistics, so this equals two passes (spectral norm's power
+        iteration then runs once per update, not twice).
+        """
+        labels = labels if self.num_classes is not None else None
+        n = real.shape[0]
+        both_labels = None if labels is None else torch.cat([labels, labels])
+        for i in range(self.d_steps):
+            with torch.set_grad_enabled(i == self.d_steps - 1):
                 fake = self.train_generator(self._latents(n), labels)
-            d_real = self.train_discriminator(real, labels)
-            d_fake = self.train_discriminator(fake, labels)
+            d_real, d_fake = self.train_discriminator(torch.cat([real, fake.detach()]), both_labels).split(n)
             d_loss = self.d_loss_fn(d_real, d_fake)
             losses = {"d_loss": d_loss}
             if self.loss_name == "wgan_gp":
-                penalty = gradient_penalty(self.train_discriminator, real, fake, labels)
+                penalty = gradient_penalty(self.train_discriminator, real, fake.detach(), labels)
                 d_loss = d_loss + self.gp_weight * penalty
                 losses["gradient_penalty"] = penalty
             d_opt.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
+            backward(d_loss)
             d_opt.step()
 
-        fake = self.train_generator(self._latents(n), labels)
         g_loss = self.g_loss_fn(self.train_discriminator(fake, labels))
         g_opt.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss)
+        backward(g_loss)
         g_opt.step()
-        self.log_losses({**losses, "g_loss": g_loss, "d_real": d_real.mean(), "d_fake": d_fake.mean()})
+        return {**losses, "g_loss": g_loss, "d_real": d_real.mean(), "d_fake": d_fake.mean()}
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, generator: torch.Generator | None = None, **sampler_kwargs) -> torch.Tensor:

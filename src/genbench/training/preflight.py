@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genbench.errors import GenbenchError
-from genbench.training.speed import optimizer_kwargs, resolve_precision, speed_switches
+from genbench.training.speed import optimizer_kwargs, reconcile_fused_optimizer, resolve_precision, speed_switches
 
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
 RESUME_MODES = ("auto", "must", "never")
@@ -102,6 +102,7 @@ def check_hardware_keys(cfg: DictConfig) -> None:
         if not isinstance(value, bool):
             raise GenbenchError(f"hardware.{key}={value}; expected true or false")
     resolve_precision(cfg)  # auto -> what this machine runs best, before anything is written (training/speed.py)
+    reconcile_fused_optimizer(cfg)
     try:
         _convert_precision_to_unified_args(hw.precision)
     except ValueError as exc:

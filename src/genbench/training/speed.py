@@ -68,6 +68,22 @@ def compile_cache_dir() -> Path:
 SWITCHES = ("compile", "channels_last", "fused_optimizer")
 
 
+def reconcile_fused_optimizer(cfg: DictConfig) -> None:
+    """Fused optimizers off when mixed precision and gradient clipping meet (after :func:`resolve_precision`).
+
+    Lightning's mixed-precision plugin refuses to clip the gradients of an optimizer that could unscale them
+    itself (a fused one) and stops the run at its first step, bf16 included. The plain update computes the same
+    thing, so ``cfg`` gets ``hardware.fused_optimizer=false`` (config.yaml and run.json record it) and the run goes on.
+    """
+    hw, trainer = cfg.hardware, cfg.get("trainer") or {}
+    mixed = str(hw.get("precision", "")).endswith("-mixed")
+    if mixed and trainer.get("gradient_clip_val") and hw.get("fused_optimizer", False):
+        with open_dict(cfg):
+            hw.fused_optimizer = False
+        log.info("hardware.fused_optimizer=false: %s with trainer.gradient_clip_val cannot use fused optimizers",
+                 hw.precision)
+
+
 def speed_switches(hardware: DictConfig) -> dict[str, bool]:
     """``hardware.compile``, ``channels_last`` and ``fused_optimizer``; a hardware config without one (written
     before these keys existed) has it off."""
