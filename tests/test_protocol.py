@@ -135,6 +135,28 @@ def test_diffusion_settings_are_completed_and_checked(models):
         unconditional.sampler_settings({"guidance_scale": 3})
 
 
+def test_sampling_precision_is_checked_and_bf16_is_a_protocol_of_its_own():
+    model = tiny_model("diffusion")
+    with torch.no_grad():  # a zero-initialised output layer would draw the same images in any precision
+        for p in model.ema.module.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    base = {"sampler": "ddim", "steps": 4, "eta": 0.0}
+    fp32 = model.sampler_settings({**base, "precision": "32-true"})
+    assert "precision" not in fp32 and fp32 == model.sampler_settings(base)  # fp32 protocols keep their ids
+    bf16 = model.sampler_settings({**base, "precision": "bf16-mixed"})
+    assert bf16["precision"] == "bf16-mixed"
+    with pytest.raises(GenbenchError, match="sampler.precision=fp8"):
+        model.sampler_settings({**base, "precision": "fp8"})
+    ids = {name: protocol_id(_fields(sampler=settings)) for name, settings in (("fp32", fp32), ("bf16", bf16))}
+    assert ids["fp32"] != ids["bf16"] and ids["bf16"].startswith("fmnist_classifier-n1000-ddim4-bf16-")
+    a, _ = sample_images(model, 40, 20, 3, fp32, CPU)
+    b, _ = sample_images(model, 40, 20, 3, bf16, CPU)
+    difference = (a.float() - b.float()).abs()
+    assert 0 < difference.mean() < 4  # bf16 rounding moves pixels a little; the samples stay the same images
+    again, _ = sample_images(model, 40, 40, 3, bf16, CPU)
+    assert torch.equal(again, b)  # per-image noise: still independent of the batch
+
+
 # ------------------------------------------------------------------------------------------ protocol ids
 def _fields(**changes) -> dict:
     config = MetricsConfig(extractor="fmnist_classifier", n_samples=1000)

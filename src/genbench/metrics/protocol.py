@@ -21,7 +21,8 @@ What does not enter: ``metrics.batch_size``, ``metrics.device`` and ``metrics.ca
 the images the same at any batch size or device; a cached reference is keyed by its content), weight file paths
 (their hash enters), and the model's own training images (memorization's bank is the run's, not the protocol's).
 
-An id reads ``<extractor>-n<n_fake>[-<sampler><steps>]-<hash>``, e.g. ``fmnist_classifier-n1000-ddim20-3f9a2c1b``,
+An id reads ``<extractor>-n<n_fake>[-<sampler><steps>[-bf16]]-<hash>``, e.g. ``fmnist_classifier-n1000-ddim20-3f9a2c1b``
+(``-bf16``: the network sampled under bf16 autocast, ``sampler.precision=bf16-mixed``; fp32 sampling says nothing),
 where the hash is the first 8 hex digits of the sha256 of the fields' canonical JSON. The *scoring* protocol is
 the same id with the sampler left out: the evaluation every family shares, which the report makes one table of
 (a GAN row and a DDIM-20 diffusion row side by side); rows never mix full protocols.
@@ -97,12 +98,14 @@ def _safe(text: str) -> str:
 
 
 def protocol_id(fields: dict) -> str:
-    """``<extractor>-n<n_fake>[-<sampler><steps>]-<hash>``; stable across runs, machines and dict orders."""
+    """``<extractor>-n<n_fake>[-<sampler><steps>[-bf16]]-<hash>``; stable across runs, machines and dict orders."""
     parts = [_safe(SHORT_EXTRACTOR.get(fields["extractor"], fields["extractor"])), f"n{int(fields['n_fake'])}"]
     sampler = fields.get("sampler")
     if sampler:
         steps = sampler.get("steps")
         parts.append(_safe(f"{sampler.get('sampler', 'sampler')}{'' if steps is None else int(steps)}"))
+        if sampler.get("precision") == "bf16-mixed":  # fp32 sampling has no precision field (see sampler_settings)
+            parts.append("bf16")
     return "-".join(parts + [_digest(fields)])
 
 

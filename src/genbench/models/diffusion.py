@@ -16,6 +16,21 @@ from genbench.errors import GenbenchError
 from genbench.models.base import GenerativeModule
 
 
+FP32, BF16 = "32-true", "bf16-mixed"
+SAMPLING_PRECISIONS = (FP32, BF16)  # sampler.precision: what the network runs in while sampling
+
+
+def in_bf16(model_fn: Callable) -> Callable:
+    """``model_fn`` under bf16 autocast on its input's device, its output back in fp32 for the solver."""
+
+    def run(x: torch.Tensor, t) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out = model_fn(x, t)
+        return out.float()
+
+    return run
+
+
 def diffusion_loss(net: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     """Ho et al. 2020 eq. 14 (simple loss): MSE between the network output and the eps (or v) target."""
     t = schedule.sample_timesteps(x0.shape[0], x0.device)
@@ -96,6 +111,12 @@ class DiffusionModule(GenerativeModule):
             settings["eta"] = None if settings["eta"] is None else float(settings["eta"])
         except (TypeError, ValueError) as exc:
             raise GenbenchError(f"sampler settings {dict(sampler or {})}: {exc}") from exc
+        if settings["precision"] not in SAMPLING_PRECISIONS:
+            raise GenbenchError(f"sampler.precision={settings['precision']}; expected one of "
+                                f"{', '.join(SAMPLING_PRECISIONS)}")  # fmt: skip
+        if settings["precision"] == FP32:
+            # fp32 is what every protocol before this setting sampled in: left out, their ids stay what they were
+            del settings["precision"]
         if self.num_classes is None and settings["guidance_scale"] != 1.0:
             raise GenbenchError(f"sampler.guidance_scale={settings['guidance_scale']:g}, but this diffusion model is "
                                 "unconditional (no classes to guide towards): leave it at 1")  # fmt: skip
@@ -113,10 +134,12 @@ class DiffusionModule(GenerativeModule):
         eta: float | None = None,
         guidance_scale: float = 1.0,
         sigma_max: float | None = DEFAULT_SIGMA_MAX,
+        precision: str = FP32,
         progress: bool = False,
     ) -> torch.Tensor:
         """``n`` images from the EMA weights with the named sampler (``genbench.diffusion.SAMPLERS``); the sampler's
-        NFE is kept as ``last_sampler_nfe``. ``generator``: a torch.Generator, IndexedNoise streams or None."""
+        NFE is kept as ``last_sampler_nfe``. ``generator``: a torch.Generator, IndexedNoise streams or None.
+        ``precision``: ``bf16-mixed`` runs the network under bf16 autocast; the solver's arithmetic stays fp32."""
         chosen = self.make_sampler(sampler, steps, eta, sigma_max)
         net = self.ema.module
         labels = self.resolve_labels(n, labels, generator)
@@ -124,6 +147,8 @@ class DiffusionModule(GenerativeModule):
             model_fn = (lambda x, t: net(x, t, None))
         else:
             model_fn = guided(net, labels, null_label=self.num_classes, guidance_scale=float(guidance_scale))
+        if precision != FP32:
+            model_fn = in_bf16(model_fn)
         noise = self.randn(n, *self.image_shape, generator=generator)
         self.last_sampler_nfe = chosen.nfe
         return chosen(model_fn, self.schedule, noise, generator=generator, progress=progress)
