@@ -3,7 +3,10 @@
     .venv/bin/python benchmarks/bench.py [--tiny] [--rounds N] [--out results/bench] [--only NAME ...] [OVERRIDE ...]
 
 OVERRIDEs are genbench's Hydra overrides of ``train`` (``hardware=gpu_bf16``, ``data.batch_size=256``): the
-genbench side runs exactly that configuration, and each peer the same widths, batch and precision. Comparisons
+genbench side runs exactly that configuration (``hardware.precision=auto``: bf16 autocast where the machine has
+native bf16, and diffusion sampling with ``sampler.precision=bf16-mixed`` there), and each peer the same widths and
+batch in fp32, as its users run it by default and as issue 12 measured its targets; where genbench runs mixed, the
+peer also runs under the same autocast and its figure and ratio are printed beside ("peer autocast"). Comparisons
 (each in this one process, contenders alternating round by round, medians over rounds):
 
 * ``diffusion_train``: genbench's Lightning run of ``model=diffusion`` vs diffusers ``UNet2DModel`` at the same
@@ -138,10 +141,10 @@ def compare_training(cfg, datamodule, mode: dict, peak: float) -> list[dict]:
     data = peers.batches(datamodule, device)
     steps = run.steps
     batch = datamodule.global_batch()
-    fp32 = timing.autocast("32-true", device)
-    peer_precisions = {"peer": precision}
-    if mixed(cfg):  # the peer also as its users run it by default: fp32; the faster of the two is the one to beat
-        peer_precisions["peer_fp32"] = lambda: fp32
+    # The peer as its users run it (fp32: the issue's targets are against that); under genbench's autocast too
+    peer_precisions = {"peer": lambda: timing.autocast("32-true", device)}
+    if mixed(cfg):
+        peer_precisions["peer_autocast"] = precision
     peer_steps = {}
     if family == "diffusion":
         for name, ctx in peer_precisions.items():
@@ -166,9 +169,8 @@ def compare_training(cfg, datamodule, mode: dict, peak: float) -> list[dict]:
     result = with_flops(timing.interleaved(contenders, mode["rounds"], device), flops, peak)
     settings = {"batch": batch, "precision": str(cfg.hardware.precision), "steps_per_round": steps, "params": params}
     what = f"{family} training step, batch {batch}"
-    peer, peer_label = fastest_peer(result, peer_name, str(cfg.hardware.precision))
     return [
-        row(f"{family}_train", what, "img/s", result["genbench"], peer, peer_label, settings),
+        row(f"{family}_train", what, "img/s", result["genbench"], with_autocast_peer(result), f"{peer_name}, fp32", settings),
         row(f"lightning_overhead_{family}", f"{what}: Lightning run vs bare loop", "img/s", result["genbench"],
             result["bare"], "bare loop, same net", settings),  # fmt: skip
     ]
@@ -178,14 +180,12 @@ def mixed(cfg) -> bool:
     return str(cfg.hardware.precision).endswith("-mixed")
 
 
-def fastest_peer(result: dict, peer_name: str, precision: str) -> tuple[dict, str]:
-    """The faster of the peer under genbench's autocast (``peer``) and in fp32 (``peer_fp32``, where genbench runs
-    mixed): the one a target is measured against. The other's median is kept beside it."""
-    runs = {name: result[name] for name in ("peer", "peer_fp32") if name in result}
-    best = max(runs, key=lambda name: runs[name]["median"])
-    label = f"{peer_name}, {'fp32' if best == 'peer_fp32' or not precision.endswith('-mixed') else precision}"
-    others = {("fp32" if name == "peer_fp32" else precision): runs[name]["median"] for name in runs if name != best}
-    return {**runs[best], **({"other_precision_median": others} if others else {})}, label
+def with_autocast_peer(result: dict) -> dict:
+    """The fp32 peer's figures, with the same peer's median under genbench's autocast beside them (where measured)."""
+    if "peer_autocast" not in result:
+        return result["peer"]
+    autocast = result["peer_autocast"]["median"]
+    return {**result["peer"], "autocast_median": autocast, "autocast_ratio": result["genbench"]["median"] / autocast}
 
 
 def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
@@ -205,9 +205,9 @@ def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
     from genbench.training.speed import native_bf16
 
     sampling = "bf16-mixed" if native_bf16("cpu" if device.type == "cpu" else "gpu") else "32-true"
-    peer_precisions = {"peer_fp32": lambda: torch.autocast(device.type, enabled=False)}
+    peer_precisions = {"peer": lambda: torch.autocast(device.type, enabled=False)}
     if sampling != "32-true":
-        peer_precisions["peer"] = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+        peer_precisions["peer_autocast"] = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     rows = []
     for name in ("ddim", "dpmpp_2m"):
         steps = mode["sample_steps"]
@@ -228,10 +228,9 @@ def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
                                                                  torch.zeros(1, dtype=torch.long, device=device)))  # fmt: skip
         result = timing.interleaved(contenders, mode["sample_rounds"], device)
         result = with_flops(result, {key: net_flops * steps for key in contenders}, peaks["bf16" if sampling != "32-true" else "fp32"])
-        peer, label = fastest_peer(result, f"diffusers {type(scheduler).__name__} loop", "bf16-mixed")
         rows.append(row(f"sample_{name}{steps}", f"sampling, {name} {steps} steps, batch {batch}", "samples/s",
-                        result["genbench"], peer, label, {"batch": batch, "n": n, "steps": steps,
-                                                          "precision": sampling}))  # fmt: skip
+                        result["genbench"], with_autocast_peer(result), f"diffusers {type(scheduler).__name__} loop, fp32",
+                        {"batch": batch, "n": n, "steps": steps, "precision": sampling}))  # fmt: skip
     return rows
 
 
@@ -295,8 +294,9 @@ def say(text: str) -> None:
 def row(name, what, unit, genbench: dict, peer: dict, peer_name: str, settings: dict) -> dict:
     ratio = genbench["median"] / peer["median"]
     target = TARGETS.get(name)
+    extra = {"ratio_autocast": peer.pop("autocast_ratio")} if "autocast_ratio" in peer else {}
     return {"name": name, "what": what, "unit": unit, "genbench": genbench, "peer": {"name": peer_name, **peer},
-            "ratio": ratio, "target_ratio": target, "target_met": None if target is None else bool(ratio >= target),
+            "ratio": ratio, **extra, "target_ratio": target, "target_met": None if target is None else bool(ratio >= target),
             "settings": settings}  # fmt: skip
 
 
@@ -308,7 +308,7 @@ def print_table(record: dict) -> None:
     title = (f"genbench bench ({record['mode']}) on {hw['name']}, {hw['threads']} threads, torch {record['torch']}; "
              f"matmul peak fp32 {record['peak_gflops']['fp32']:.0f}, bf16 {record['peak_gflops']['bf16']:.0f} GFLOP/s")  # fmt: skip
     table = Table(title=title, title_justify="left")
-    for column in ("comparison", "genbench", "peer", "peer's", "ratio", "target", "", "% of peak"):
+    for column in ("comparison", "genbench", "peer", "peer's", "ratio", "target", "", "% of peak", "peer autocast"):
         table.add_column(column, justify="left" if column in ("comparison", "peer") else "right")
     for r in record["comparisons"]:
         g, p = r["genbench"], r["peer"]
@@ -316,7 +316,8 @@ def print_table(record: dict) -> None:
         status = "" if r["target_met"] is None else ("[green]pass" if r["target_met"] else "[red]miss")
         table.add_row(r["name"], f"{g['median']:,.1f} {r['unit']}", p["name"], f"{p['median']:,.1f}", f"{r['ratio']:.2f}x",
                       "" if r["target_ratio"] is None else f">= {r['target_ratio']:.2f}x", status,
-                      "" if fraction is None else f"{100 * fraction:.1f}%")  # fmt: skip
+                      "" if fraction is None else f"{100 * fraction:.1f}%",
+                      f"{p['autocast_median']:,.1f} ({r['ratio_autocast']:.2f}x)" if "autocast_median" in p else "")  # fmt: skip
     Console(width=max(150, Console().width)).print(table)
     for r in record["comparisons"]:
         print(f"  {r['name']}: {r['what']}; settings {json.dumps(r['settings'])}")

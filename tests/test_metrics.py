@@ -15,7 +15,7 @@ from genbench.errors import GenbenchError
 from genbench.metrics import MetricsConfig, evaluate_images, evaluate_model, images_from_tensor
 from genbench.metrics.extractors import FMNIST, build_extractor
 from genbench.metrics.fidelity import fid, score
-from genbench.metrics.memorization import memorization
+from genbench.metrics.memorization import memorization, nearest_distances
 
 N = 400
 ROOT = find_root(None)
@@ -130,6 +130,16 @@ def test_small_counts_adapt_kid_subset_and_is_splits(feats):
     assert record["kid_subset_size"] == 150 and record["isc_splits"] == 1
     with pytest.raises(GenbenchError):
         score({k: v[:5] for k, v in small.items()}, feats["train"], "penultimate", "logits")
+
+
+def test_nearest_distances_equal_torch_cdist(feats):
+    train, test = feats["train"]["penultimate"], feats["test"]["penultimate"]
+    queries = torch.cat([train[:5], test[:300]])  # five exact copies: distance ~0, never NaN from a negative root
+    ours = nearest_distances(queries, train)
+    exact = torch.cdist(queries.double(), train.double()).min(dim=1).values.float()
+    # fp32 squared distances through a matrix product cancel to ~1e-7 of ||x||^2: absolute error ~1e-2 near 0
+    torch.testing.assert_close(ours, exact, rtol=1e-4, atol=2e-2)
+    assert ours[:5].max() < 2e-2 < ours[5:].min() and not ours.isnan().any()
 
 
 def test_memorization_high_for_training_copies_low_for_heldout(feats):

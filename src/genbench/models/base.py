@@ -114,15 +114,24 @@ class GenerativeModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ losses
     def log_losses(self, losses: dict[str, torch.Tensor]) -> None:
-        """Log each term and remember, without a host sync, the first step it went non-finite."""
+        """Remember, without a host sync, the first step each term went non-finite; log the terms on the steps
+        the loggers write (every ``trainer.log_every_n_steps`` batches, as Lightning's own schedule).
+
+        ``self.log`` on the other steps would only be overwritten before it is written, and costs ~1 ms per term
+        (a GAN step logs four: 8% of its step on a 2-core CPU).
+        """
         if self._warming_up:
             return
-        step = torch.tensor(self.global_step_count(), device=self.device)
+        done = self.global_step_count()
+        step = torch.tensor(done, device=self.device)
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        written = (done + 1) % every == 0  # Lightning's test, before this batch counts as done
         for name, value in losses.items():
             value = value.detach()
             first = self._first_bad_step.get(name, torch.tensor(-1, device=self.device))
             self._first_bad_step[name] = torch.where((first < 0) & ~torch.isfinite(value), step, first)
-            self.log(f"train/{name}", value.float(), on_step=True, on_epoch=False)
+            if written:
+                self.log(f"train/{name}", value.float(), on_step=True, on_epoch=False)
 
     def raise_if_diverged(self) -> None:
         for name, first in self._first_bad_step.items():
