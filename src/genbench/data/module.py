@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from genbench.data.order import (
-    DeviceBatches, ShardedBatches, TrainOrder, evaluation_seed, rank_share, seeded_generator, training_seed,
+    DeviceBatches, ShardedBatches, TrainOrder, evaluation_seed, rank_share, seed_global_rng, seeded_generator, training_seed,
 )  # fmt: skip
 from genbench.data.sources import SourceSpec, load_splits
 from genbench.errors import GenbenchError
@@ -232,11 +232,11 @@ class ImageDataModule(pl.LightningDataModule):
                 mask = torch.rand(self.global_batch(), generator=seeded_generator(self.seed, self.train_batches, 1))
                 draws = mask[rank * share : (rank + 1) * share]
                 images = torch.where((draws < 0.5).to(images.device)[:, None, None, None], images.flip(-1), images)
-            torch.manual_seed(training_seed(self.seed, self.train_batches, rank))  # also seeds every CUDA device
+            seed_global_rng(training_seed(self.seed, self.train_batches, rank), images.device)
             self.train_batches += 1
         elif self.trainer is not None and self.trainer.testing:  # a test ELBO's draws: the batch's, whatever the rank
             rank, world = self._rank()
-            torch.manual_seed(evaluation_seed(self.seed, self.eval_batches * world + rank))
+            seed_global_rng(evaluation_seed(self.seed, self.eval_batches * world + rank), images.device)
             self.eval_batches += 1
         return images, labels
 
