@@ -85,6 +85,20 @@ def test_bad_switch_values_and_unfusable_optimizers_fail_in_preflight(tmp_path):
     check_train_config(cfg)
 
 
+@requires_fmnist
+def test_bf16_with_gradient_clipping_trains_with_plain_optimizers(tmp_path):
+    # Lightning's mixed-precision plugin stops a run that clips the gradients of a fused optimizer at its first step
+    record = train_run(tmp_path / "run", "vae", "hardware.precision=bf16-mixed", "hardware.fused_optimizer=true",
+                       "trainer.gradient_clip_val=1.0", "budget.max_steps=2")  # fmt: skip
+    assert record["status"] == "completed" and record["steps"] == 2
+    assert record["speed"]["fused_optimizer"] is False
+    assert "fused_optimizer: false" in (tmp_path / "run" / "config.yaml").read_text()
+    fp32 = compose_train(tmp_path / "other", *tiny_overrides("vae"), "hardware.precision=32-true",
+                         "trainer.gradient_clip_val=1.0", "hardware.fused_optimizer=true")  # fmt: skip
+    check_train_config(fp32)
+    assert fp32.hardware.fused_optimizer is True  # fp32 clips fused optimizers fine: nothing to change
+
+
 # ---------------------------------------------------------------------- channels_last
 @pytest.mark.parametrize("family", FAMILIES)
 def test_channels_last_gives_the_same_outputs_and_gradients(tmp_path, family):
