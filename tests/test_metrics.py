@@ -132,6 +132,20 @@ def test_small_counts_adapt_kid_subset_and_is_splits(feats):
         score({k: v[:5] for k, v in small.items()}, feats["train"], "penultimate", "logits")
 
 
+def test_precision_recall_equal_torch_fidelity_with_and_without_cached_radii(feats):
+    from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_featuresdict_to_metric
+
+    from genbench.metrics.fidelity import precision_recall, reference_radii
+
+    fake, real = feats["train"]["penultimate"][:700], feats["test"]["penultimate"]
+    theirs = prc_featuresdict_to_metric({"f": fake}, {"f": real}, "f", prc_neighborhood=3, prc_batch_size=10000,
+                                        save_cpu_ram=True, verbose=False)  # fmt: skip
+    expected = (theirs[KEY_METRIC_PRECISION], theirs[KEY_METRIC_RECALL])
+    assert 0 < expected[0] < 1 and 0 < expected[1] < 1
+    assert precision_recall(fake, real, 3) == expected
+    assert precision_recall(fake, real, 3, reference_radii(real, 3)) == expected
+
+
 def test_nearest_distances_equal_torch_cdist(feats):
     train, test = feats["train"]["penultimate"], feats["test"]["penultimate"]
     queries = torch.cat([train[:5], test[:300]])  # five exact copies: distance ~0, never NaN from a negative root
@@ -166,22 +180,25 @@ def test_evaluate_images_caches_reference_and_rebuilds_corrupt_entry(data, tmp_p
     cfg = {"extractor": FMNIST, "cache_dir": str(tmp_path), "kid_subsets": 10}
     fake, real = data["test"][:N], data["test"][N:]
     first = evaluate_images(fake, real, cfg)
-    assert (first["cache_hits"], first["cache_misses"]) == (0, 1)
+    assert (first["cache_hits"], first["cache_misses"]) == (0, 2)  # the reference's features and its k-NN radii
     with caplog.at_level(logging.INFO, logger="genbench.metrics.cache"):
         second = evaluate_images(fake, real, cfg)
-    assert (second["cache_hits"], second["cache_misses"]) == (1, 0)
+    assert (second["cache_hits"], second["cache_misses"]) == (2, 0)
     assert "cache hit" in caplog.text
     assert second["fid"] == pytest.approx(first["fid"], rel=1e-6)
+    assert (second["precision"], second["recall"]) == (first["precision"], first["recall"])  # cached radii: same balls
 
-    (entry,) = (tmp_path / "features").glob("*.pt")
-    entry.write_bytes(b"not a torch file")
+    entries = list((tmp_path / "features").glob("*.pt"))
+    assert len(entries) == 2
+    for entry in entries:
+        entry.write_bytes(b"not a torch file")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="genbench.metrics.cache"):
         third = evaluate_images(fake, real, cfg)
     assert "corrupt cache entry" in caplog.text
-    assert (third["cache_hits"], third["cache_misses"]) == (0, 1)
+    assert (third["cache_hits"], third["cache_misses"]) == (0, 2)
     assert third["fid"] == pytest.approx(first["fid"], rel=1e-6)
-    assert evaluate_images(fake, real, cfg)["cache_hits"] == 1  # rebuilt entry is good again
+    assert evaluate_images(fake, real, cfg)["cache_hits"] == 2  # rebuilt entries are good again
 
 
 class _StubModel(torch.nn.Module):
