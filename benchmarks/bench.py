@@ -49,7 +49,7 @@ TARGETS = {
     "diffusion_train": 1.4, "lightning_overhead_diffusion": 1 / 1.05, "gan_train": 1.0, "lightning_overhead_gan": 1 / 1.05,
     "sample_ddim20": 2.0, "sample_dpmpp_2m20": 2.0, "evaluate_1000": 1 / 1.1, "evaluate_10000": 1 / 1.1,
 }  # fmt: skip
-FULL = {"rounds": 5, "train_warm": 2, "train_steps": 6, "gan_steps": 12, "sample_rounds": 3, "eval_rounds": 3,
+FULL = {"rounds": 7, "train_warm": 2, "train_steps": 6, "gan_steps": 12, "sample_rounds": 3, "eval_rounds": 3,
         "sample_steps": 20, "sample_n": 128, "eval_n": (1000, 10000), "subset": None, "n_reference": None}  # fmt: skip
 TINY = {"rounds": 1, "train_warm": 1, "train_steps": 1, "gan_steps": 1, "sample_rounds": 1, "eval_rounds": 1,
         "sample_steps": 2, "eval_n": (100,), "subset": 256, "batch_size": 16, "sample_n": 8,
@@ -326,7 +326,7 @@ def print_table(record: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="seconds, not minutes: the smoke test make test runs")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds per comparison (default 5; sampling and evaluation 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per comparison (default 7; sampling and evaluation 3)")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
     parser.add_argument("--only", nargs="+", choices=["diffusion", "gan", "sampling", "evaluation"], default=None)
     parser.add_argument("overrides", nargs="*", help="genbench train overrides (hardware=gpu_bf16, data.batch_size=...)")
