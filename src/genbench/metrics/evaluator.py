@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from genbench.errors import GenbenchError
 from genbench.metrics.cache import FeatureCache
 from genbench.metrics.config import SPLITS, MetricsConfig
-from genbench.metrics.extractors import Extractor, build_extractor
+from genbench.metrics.extractors import FEATURE_BATCH, Extractor, build_extractor
 from genbench.metrics.fidelity import reference_radii, score
 from genbench.metrics.memorization import memorization, nearest_distances
 from genbench.metrics.protocol import Protocol, make_protocol, protocol_fields, reference_identity
@@ -110,6 +110,7 @@ def feature_key(extractor: Extractor, images: ImageSet) -> dict | None:
         "extractor": extractor.name,
         "weights_sha256": extractor.weights_sha256,
         "layers": extractor.layers,
+        "feature_batch": FEATURE_BATCH,  # fp32 kernels may round differently per batch: cached equals fresh
     }
 
 
