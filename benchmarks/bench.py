@@ -184,8 +184,7 @@ def with_autocast_peer(result: dict) -> dict:
     """The fp32 peer's figures, with the same peer's median under genbench's autocast beside them (where measured)."""
     if "peer_autocast" not in result:
         return result["peer"]
-    autocast = result["peer_autocast"]["median"]
-    return {**result["peer"], "autocast_median": autocast, "autocast_ratio": result["genbench"]["median"] / autocast}
+    return {**result["peer"], "autocast_median": result["peer_autocast"]["median"]}
 
 
 def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
@@ -205,9 +204,9 @@ def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
     from genbench.training.speed import native_bf16
 
     sampling = "bf16-mixed" if native_bf16("cpu" if device.type == "cpu" else "gpu") else "32-true"
-    peer_precisions = {"peer": lambda: torch.autocast(device.type, enabled=False)}
+    peer_precisions = {"peer": lambda: timing.autocast("32-true", device)}
     if sampling != "32-true":
-        peer_precisions["peer_autocast"] = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+        peer_precisions["peer_autocast"] = lambda: timing.autocast(sampling, device)
     rows = []
     for name in ("ddim", "dpmpp_2m"):
         steps = mode["sample_steps"]
@@ -294,7 +293,7 @@ def say(text: str) -> None:
 def row(name, what, unit, genbench: dict, peer: dict, peer_name: str, settings: dict) -> dict:
     ratio = genbench["median"] / peer["median"]
     target = TARGETS.get(name)
-    extra = {"ratio_autocast": peer.pop("autocast_ratio")} if "autocast_ratio" in peer else {}
+    extra = {"ratio_autocast": genbench["median"] / peer["autocast_median"]} if "autocast_median" in peer else {}
     return {"name": name, "what": what, "unit": unit, "genbench": genbench, "peer": {"name": peer_name, **peer},
             "ratio": ratio, **extra, "target_ratio": target, "target_met": None if target is None else bool(ratio >= target),
             "settings": settings}  # fmt: skip

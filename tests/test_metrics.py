@@ -135,7 +135,7 @@ def test_small_counts_adapt_kid_subset_and_is_splits(feats):
 def test_precision_recall_equal_torch_fidelity_with_and_without_cached_radii(feats):
     from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_featuresdict_to_metric
 
-    from genbench.metrics.fidelity import precision_recall, reference_radii
+    from genbench.metrics.fidelity import knn_radii, precision_recall
 
     fake, real = feats["train"]["penultimate"][:700], feats["test"]["penultimate"]
     theirs = prc_featuresdict_to_metric({"f": fake}, {"f": real}, "f", prc_neighborhood=3, prc_batch_size=10000,
@@ -143,7 +143,7 @@ def test_precision_recall_equal_torch_fidelity_with_and_without_cached_radii(fea
     expected = (theirs[KEY_METRIC_PRECISION], theirs[KEY_METRIC_RECALL])
     assert 0 < expected[0] < 1 and 0 < expected[1] < 1
     assert precision_recall(fake, real, 3) == expected
-    assert precision_recall(fake, real, 3, reference_radii(real, 3)) == expected
+    assert precision_recall(fake, real, 3, knn_radii(real, 3)) == expected
 
 
 def test_nearest_distances_equal_torch_cdist(feats):

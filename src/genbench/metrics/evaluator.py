@@ -27,7 +27,7 @@ from genbench.errors import GenbenchError
 from genbench.metrics.cache import FeatureCache
 from genbench.metrics.config import SPLITS, MetricsConfig
 from genbench.metrics.extractors import FEATURE_BATCH, Extractor, build_extractor
-from genbench.metrics.fidelity import reference_radii, score
+from genbench.metrics.fidelity import knn_radii, score
 from genbench.metrics.memorization import memorization, nearest_distances
 from genbench.metrics.protocol import Protocol, make_protocol, protocol_fields, reference_identity
 from genbench.noise import IndexedNoise
@@ -163,15 +163,15 @@ def heldout_distances(plan: "Plan", cache: FeatureCache, progress: Progress | No
 
 
 def precision_radii(plan: "Plan", real_features: dict[str, torch.Tensor], cache: FeatureCache) -> torch.Tensor:
-    """The reference's k-NN radii for precision (:func:`genbench.metrics.fidelity.reference_radii`), cached beside
+    """The reference's k-NN radii for precision (:func:`genbench.metrics.fidelity.knn_radii`), cached beside
     its features: they depend only on the reference and ``metrics.prc_neighborhood``, not on the generated images."""
     layer, k = plan.extractor.feature_layer, plan.config.prc_neighborhood
     features = real_features[layer]
     reference_key = feature_key(plan.extractor, plan.reference)
     if reference_key is None:
-        return reference_radii(features, k)
+        return knn_radii(features, k)
     key = {"kind": "reference_knn_radii", "reference": reference_key, "layer": layer, "neighborhood": k}
-    compute = lambda: {"radii": reference_radii(features, k)}  # noqa: E731
+    compute = lambda: {"radii": knn_radii(features, k)}  # noqa: E731
     return cache.get_or_compute(key, compute, "reference k-NN radii")["radii"]
 
 

@@ -37,10 +37,10 @@ INCEPTION = "inception"
 AUTO = "auto"
 # Short names accepted for metrics.extractor -> torch-fidelity's registry names.
 ALIASES = {INCEPTION: "inception-v3-compat", "dinov2": "dinov2-vit-s-14", "clip": "clip-vit-b-32"}
-# Feature layers per metric. Torch-fidelity's defaults, except that only classifiers' logits give a meaningful IS.
 # Images per feature-extraction forward pass, fixed so that features never depend on metrics.batch_size (see
 # Extractor.features); 100 Inception inputs at 299 px fit any GPU genbench targets.
 FEATURE_BATCH = 100
+# Feature layers per metric. Torch-fidelity's defaults, except that only classifiers' logits give a meaningful IS.
 CLASSIFIER_LAYERS = {"inception-v3-compat": ("2048", "logits_unbiased"), FMNIST: ("penultimate", "logits")}
 DOWNLOAD_TIMEOUT_S = 30
 

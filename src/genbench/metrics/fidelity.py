@@ -2,7 +2,7 @@
 
 Precision/recall is torch-fidelity's ``calculate_precision_recall_part`` step for step (its ``calc_cdist_part``
 blocks, its comparisons), with one difference: the real images' k-NN radii, which depend only on the reference, can be
-passed in (:func:`reference_radii`, cached by the evaluator beside the reference features). They are a quarter of
+passed in (:func:`knn_radii` of the reference, cached by the evaluator beside the reference features). They are a quarter of
 the distances at 10,000 against 10,000 images and most of them at 1,000 against 10,000.
 
 Small sets work: KID's subset size becomes ``min(kid_subset_size, n_fake, n_real)`` and the Inception Score uses
@@ -36,11 +36,12 @@ def fid(fake: dict[str, torch.Tensor], real: dict[str, torch.Tensor], layer: str
     return fid_statistics_to_metric(stats_fake, stats_real, verbose=False)[KEY_METRIC_FID]
 
 
-def reference_radii(real: torch.Tensor, neighborhood: int) -> torch.Tensor:
-    """Each real feature's distance to its ``neighborhood``-th nearest other real feature: precision's balls."""
-    real = real.float()
-    return torch.cat([calc_cdist_part(batch, real, PRC_BATCH).kthvalue(neighborhood + 1).values
-                      for batch in real.split(PRC_BATCH)])  # fmt: skip
+def knn_radii(features: torch.Tensor, neighborhood: int) -> torch.Tensor:
+    """Each feature's distance to its ``neighborhood``-th nearest other feature of the same set: the k-NN balls of
+    precision (real set) and recall (generated set)."""
+    features = features.float()
+    return torch.cat([calc_cdist_part(batch, features, PRC_BATCH).kthvalue(neighborhood + 1).values
+                      for batch in features.split(PRC_BATCH)])  # fmt: skip
 
 
 def precision_recall(fake: torch.Tensor, real: torch.Tensor, neighborhood: int,
@@ -48,8 +49,8 @@ def precision_recall(fake: torch.Tensor, real: torch.Tensor, neighborhood: int,
     """Kynkaanniemi et al. 2019 as torch-fidelity computes it: recall is the fraction of real features inside some
     generated feature's k-NN ball, precision the fraction of generated features inside some real one's."""
     fake, real = fake.float(), real.float()
-    fake_radii = reference_radii(fake, neighborhood)
-    real_radii = reference_radii(real, neighborhood) if real_radii is None else real_radii
+    fake_radii = knn_radii(fake, neighborhood)
+    real_radii = knn_radii(real, neighborhood) if real_radii is None else real_radii
     recall = torch.cat([(calc_cdist_part(batch, fake, PRC_BATCH) <= fake_radii).any(dim=1).float()
                         for batch in real.split(PRC_BATCH)]).mean().item()  # fmt: skip
     precision = torch.cat([(calc_cdist_part(batch, real, PRC_BATCH) <= real_radii).any(dim=1).float()
@@ -70,7 +71,7 @@ def score(
     real_radii: torch.Tensor | None = None,
 ) -> dict:
     """All distribution metrics of generated features ``fake`` against real features ``real``; ``real_radii``: the
-    real features' :func:`reference_radii` at ``prc_neighborhood`` when already known."""
+    real features' :func:`knn_radii` at ``prc_neighborhood`` when already known."""
     n_fake, n_real = len(fake[feature_layer]), len(real[feature_layer])
     if min(n_fake, n_real) < max(MIN_IMAGES, prc_neighborhood + 2):
         raise GenbenchError(f"need at least {MIN_IMAGES} generated and real images to score, got {n_fake} and {n_real}")

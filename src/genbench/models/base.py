@@ -124,8 +124,9 @@ class GenerativeModule(pl.LightningModule):
             return
         done = self.global_step_count()
         step = torch.tensor(done, device=self.device)
-        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
-        written = (done + 1) % every == 0  # Lightning's test, before this batch counts as done
+        trainer = self._trainer
+        # Lightning's own test (LoggerConnector.should_update_logs), asked before this batch counts as done
+        written = trainer is None or (done + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop
         for name, value in losses.items():
             value = value.detach()
             first = self._first_bad_step.get(name, torch.tensor(-1, device=self.device))
