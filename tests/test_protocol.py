@@ -157,6 +157,49 @@ def test_sampling_precision_is_checked_and_bf16_is_a_protocol_of_its_own():
     assert torch.equal(again, b)  # per-image noise: still independent of the batch
 
 
+def _moved(model):
+    """``model`` with its EMA weights nudged off their init (a zero-initialised output layer draws one image)."""
+    with torch.no_grad():
+        for p in model.ema.module.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    return model
+
+
+def test_compiled_sampling_draws_the_eager_images_and_follows_a_moving_ema():
+    from torch._dynamo.utils import counters
+
+    model = _moved(tiny_model("diffusion"))
+    settings = model.sampler_settings({"sampler": "ddim", "steps": 3, "eta": 0.0})
+    assert MetricsConfig(compile="auto").compile_sampling() is torch.cuda.is_available()  # auto: on CUDA only
+    assert MetricsConfig(compile=True).compile_sampling() and not MetricsConfig(compile="False").compile_sampling()
+    graphs = counters["stats"]["unique_graphs"]
+    eager, _ = sample_images(model, 10, 4, 5, settings, CPU)
+    compiled, _ = sample_images(model, 10, 4, 5, settings, CPU, compile=True)  # batches of 4, 4 and 2 (padded to 4)
+    assert compiled.shape == eager.shape and (compiled.int() - eager.int()).abs().max() <= 1
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # one shape, one graph: the last batch did not recompile
+    with torch.no_grad():  # in-training FID samples an EMA that has moved since the last call
+        for p in model.ema.module.parameters():
+            p.mul_(0.9)
+    moved_eager, _ = sample_images(model, 10, 4, 5, settings, CPU)
+    moved, _ = sample_images(model, 10, 4, 5, settings, CPU, compile=True)
+    assert (moved.int() - moved_eager.int()).abs().max() <= 1 and not torch.equal(moved, compiled)
+    assert counters["stats"]["unique_graphs"] == graphs + 1 and "_sampling_net" not in model.__dict__
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_bf16_sampling_on_gpu_draws_the_eager_images():
+    cuda = torch.device("cuda")
+    model = _moved(tiny_model("diffusion")).to(cuda)
+    assert MetricsConfig().compile_sampling()  # metrics.compile=auto compiles on CUDA
+    for precision in ("32-true", "bf16-mixed"):
+        settings = model.sampler_settings({"sampler": "dpmpp_2m", "steps": 5, "precision": precision})
+        eager, _ = sample_images(model, 100, 64, 0, settings, cuda)
+        compiled, _ = sample_images(model, 100, 64, 0, settings, cuda, compile=True)
+        difference = (eager.int() - compiled.int()).abs()
+        assert compiled.is_cuda is False and difference.float().mean() < 0.05 and difference.max() <= 4, precision
+
+
 # ------------------------------------------------------------------------------------------ protocol ids
 def _fields(**changes) -> dict:
     config = MetricsConfig(extractor="fmnist_classifier", n_samples=1000)
@@ -195,7 +238,8 @@ def test_everything_that_decides_a_score_changes_the_id(change):
 
 
 def test_machine_settings_do_not_enter_the_id():
-    machine = MetricsConfig(extractor="fmnist_classifier", n_samples=1000, batch_size=7, device="cpu", cache_dir=None)
+    machine = MetricsConfig(extractor="fmnist_classifier", n_samples=1000, batch_size=7, device="cpu", cache_dir=None,
+                            compile="true")  # fmt: skip
     assert protocol_id(_fields(config=machine)) == protocol_id(_fields())
 
 
@@ -256,6 +300,7 @@ def test_a_metrics_json_from_before_protocol_ids_is_kept_aside(tmp_path):
         ({"batch_size": 0}, "batch_size"), ({"reference_split": "dev"}, "dev"), ({"kid_subsets": -1}, "kid_subsets"),
         ({"memorization_percentile": 150}, "percentile"), ({"inception_weights": "/nowhere.pth"}, "not a file"),
         ({"device": "tpu"}, "device"), ({"n_reference": 0}, "n_reference"), ({"nonsense": 1}, "nonsense"),
+        ({"compile": "sometimes"}, "metrics.compile='sometimes'"),
     ],
 )  # fmt: skip
 def test_bad_metrics_settings_are_user_errors(values, words):

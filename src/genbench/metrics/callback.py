@@ -126,7 +126,8 @@ class FIDCallback(pl.Callback):
             pl_module.eval()
             try:
                 fake, _ = sample_images(
-                    pl_module, self.n_samples, self.config.batch_size, self.seed, self.settings, pl_module.device
+                    pl_module, self.n_samples, self.config.batch_size, self.seed, self.settings, pl_module.device,
+                    compile=self.config.compile_sampling(),
                 )
             finally:
                 pl_module.train(was_training)

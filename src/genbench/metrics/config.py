@@ -18,8 +18,9 @@ from genbench.errors import GenbenchError
 from genbench.metrics.cache import DEFAULT_DIR
 
 SPLITS = ("train", "val", "test")
+COMPILE_CHOICES = ("auto", "true", "false")
 # Settings that decide where and how fast a score is computed, never its value (see genbench.metrics.protocol).
-MACHINE_KEYS = ("batch_size", "device", "cache_dir")
+MACHINE_KEYS = ("batch_size", "device", "cache_dir", "compile")
 
 
 @dataclass
@@ -40,6 +41,7 @@ class MetricsConfig:
     prc_neighborhood: int = 3
     seed: int = 0
     device: str = "auto"
+    compile: str = "auto"  # auto (on CUDA) | true | false: diffusion sampling through torch.compile
     cache_dir: str | None = DEFAULT_DIR
 
     @classmethod
@@ -80,7 +82,16 @@ class MetricsConfig:
             if path is not None and not Path(path).expanduser().is_file():
                 raise GenbenchError(f"metrics.{key}={path} is not a file (expected the extractor's weights)")
         self.torch_device()
+        self.compile = str(self.compile).lower()
+        if self.compile not in COMPILE_CHOICES:
+            raise GenbenchError(f"metrics.compile={self.compile!r}; expected {', '.join(COMPILE_CHOICES)}")
         return self
+
+    def compile_sampling(self) -> bool:
+        """Whether diffusion sampling runs through ``torch.compile``; ``auto``: on a CUDA device (README "Speed
+        switches": on the 2-core CPU the cold compile costs more than a default evaluation's sampling saves)."""
+        choice = str(self.compile).lower()
+        return choice == "true" or (choice == "auto" and self.torch_device().type == "cuda")
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

@@ -313,28 +313,42 @@ def balanced_labels(model, n: int) -> torch.Tensor | None:
 
 @torch.no_grad()
 def sample_images(
-    model, n: int, batch_size: int, seed: int, sampler: dict | None, device: torch.device, progress: Progress | None = None
+    model,
+    n: int,
+    batch_size: int,
+    seed: int,
+    sampler: dict | None,
+    device: torch.device,
+    progress: Progress | None = None,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """``n`` uint8 samples and the seconds spent sampling; ``sampler``: settings from :func:`model_sampler`.
 
     Image i's noise is the stream of ``(seed, i)`` and its label is i mod C, so the images do not depend on the
-    batch size or the device.
+    batch size or the device. ``compile`` (``metrics.compile``): a diffusion model samples through
+    ``torch.compile``, every batch at one shape: the last batch is filled up with the next images' noise and
+    labels, and cut (each image depends on its own noise and label alone).
     """
     from genbench.imageio import to_uint8
 
-    labels = balanced_labels(model, n)
+    compile = compile and hasattr(model, "compiled_sampling")
+    shape = min(batch_size, n)
+    labels = balanced_labels(model, -(-n // shape) * shape if compile else n)
     task = progress.add_task(f"sampling {model.family}", total=n) if progress is not None else None
     batches = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     started = time.perf_counter()
-    for start in range(0, n, batch_size):
-        count = min(batch_size, n - start)
-        batch_labels = None if labels is None else labels[start : start + count].to(device)
-        noise = IndexedNoise.range(seed, start, count, device)
-        batches.append(to_uint8(model.sample(count, labels=batch_labels, generator=noise, **(sampler or {}))))
-        if progress is not None:
-            progress.advance(task, count)
+    with model.compiled_sampling() if compile else nullcontext():
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            run = shape if compile else count
+            batch_labels = None if labels is None else labels[start : start + run].to(device)
+            noise = IndexedNoise.range(seed, start, run, device)
+            images = model.sample(run, labels=batch_labels, generator=noise, **(sampler or {}))
+            batches.append(to_uint8(images[:count]))
+            if progress is not None:
+                progress.advance(task, count)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return torch.cat(batches), time.perf_counter() - started
@@ -364,10 +378,13 @@ def run_model_evaluation(model, plan: Plan) -> dict:
     model = model.to(device).eval()
     log.info("protocol %s: sampling %d images from the %s model (sampler %s) on %s", plan.protocol.id, plan.n_fake,
              model.family, plan.sampler or "none: one pass", device)  # fmt: skip
+    compiled = plan.config.compile_sampling() and hasattr(model, "compiled_sampling")
     with progress_bar() as bar:
-        fake, seconds = sample_images(model, plan.n_fake, plan.config.batch_size, plan.config.seed, plan.sampler, device, bar)
+        fake, seconds = sample_images(model, plan.n_fake, plan.config.batch_size, plan.config.seed, plan.sampler, device, bar,
+                                      compile=compiled)  # fmt: skip
         record = score_images(plan, fake, bar)
-    record.update(sample_seconds_per_1k=round(seconds / plan.n_fake * 1000, 3), family=model.family, device=str(device))
+    record.update(sample_seconds_per_1k=round(seconds / plan.n_fake * 1000, 3), family=model.family, device=str(device),
+                  sampling_compiled=compiled)  # fmt: skip
     if plan.sampler is not None and hasattr(model, "sampler_nfe"):
         record["sampler_nfe"] = model.sampler_nfe(**plan.sampler)
     return record

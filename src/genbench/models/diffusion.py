@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -141,7 +142,7 @@ class DiffusionModule(GenerativeModule):
         NFE is kept as ``last_sampler_nfe``. ``generator``: a torch.Generator, IndexedNoise streams or None.
         ``precision``: ``bf16-mixed`` runs the network under bf16 autocast; the solver's arithmetic stays fp32."""
         chosen = self.make_sampler(sampler, steps, eta, sigma_max)
-        net = self.ema.module
+        net = self.__dict__.get("_sampling_net", self.ema.module)
         labels = self.resolve_labels(n, labels, generator)
         if labels is None:
             model_fn = (lambda x, t: net(x, t, None))
@@ -152,3 +153,19 @@ class DiffusionModule(GenerativeModule):
         noise = self.randn(n, *self.image_shape, generator=generator)
         self.last_sampler_nfe = chosen.nfe
         return chosen(model_fn, self.schedule, noise, generator=generator, progress=progress)
+
+    @contextmanager
+    def compiled_sampling(self) -> Iterator[None]:
+        """Inside, :meth:`sample` runs the EMA network through ``torch.compile`` (``metrics.compile``).
+
+        Inductor's default mode (no autotuning: the same kernels on every run) and no freezing: the weights stay
+        inputs of the graph, so an EMA that moved since the last call (in-training FID) is sampled as it is now,
+        without recompiling. Dynamo keeps the compiled graph across calls; each new batch shape compiles once,
+        which is why :func:`genbench.metrics.sample_images` pads its last batch. The kernels round differently from
+        eager ones, as another device's do: that stays out of the protocol, like ``metrics.device``.
+        """
+        object.__setattr__(self, "_sampling_net", torch.compile(self.ema.module, dynamic=False))
+        try:
+            yield
+        finally:
+            del self.__dict__["_sampling_net"]
