@@ -170,8 +170,10 @@ def test_compiled_sampling_draws_the_eager_images_and_follows_a_moving_ema():
 
     model = _moved(tiny_model("diffusion"))
     settings = model.sampler_settings({"sampler": "ddim", "steps": 3, "eta": 0.0})
-    assert MetricsConfig(compile="auto").compile_sampling() is torch.cuda.is_available()  # auto: on CUDA only
-    assert MetricsConfig(compile=True).compile_sampling() and not MetricsConfig(compile="False").compile_sampling()
+    auto = MetricsConfig.from_cfg({"n_samples": 1000})  # auto: always on CUDA, on a CPU from 5,000 images
+    assert auto.compile_sampling() is torch.cuda.is_available() and auto.compile_sampling(5000)
+    assert MetricsConfig.from_cfg({"compile": True}).compile_sampling(10)
+    assert not MetricsConfig.from_cfg({"compile": "False"}).compile_sampling(10**6)
     graphs = counters["stats"]["unique_graphs"]
     eager, _ = sample_images(model, 10, 4, 5, settings, CPU)
     compiled, _ = sample_images(model, 10, 4, 5, settings, CPU, compile=True)  # batches of 4, 4 and 2 (padded to 4)

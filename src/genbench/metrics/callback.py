@@ -127,7 +127,7 @@ class FIDCallback(pl.Callback):
             try:
                 fake, _ = sample_images(
                     pl_module, self.n_samples, self.config.batch_size, self.seed, self.settings, pl_module.device,
-                    compile=self.config.compile_sampling(),
+                    compile=self.config.compile_sampling(self.n_samples),
                 )
             finally:
                 pl_module.train(was_training)

@@ -378,7 +378,7 @@ def run_model_evaluation(model, plan: Plan) -> dict:
     model = model.to(device).eval()
     log.info("protocol %s: sampling %d images from the %s model (sampler %s) on %s", plan.protocol.id, plan.n_fake,
              model.family, plan.sampler or "none: one pass", device)  # fmt: skip
-    compiled = plan.config.compile_sampling() and hasattr(model, "compiled_sampling")
+    compiled = plan.config.compile_sampling(plan.n_fake) and hasattr(model, "compiled_sampling")
     with progress_bar() as bar:
         fake, seconds = sample_images(model, plan.n_fake, plan.config.batch_size, plan.config.seed, plan.sampler, device, bar,
                                       compile=compiled)  # fmt: skip

@@ -15,6 +15,7 @@ from genbench.diffusion.samplers import DEFAULT_SIGMA_MAX, Sampler, guided
 from genbench.diffusion.schedule import NoiseSchedule
 from genbench.errors import GenbenchError
 from genbench.models.base import GenerativeModule
+from genbench.training.speed import compile_cache_dir
 
 
 FP32, BF16 = "32-true", "bf16-mixed"
@@ -164,6 +165,7 @@ class DiffusionModule(GenerativeModule):
         which is why :func:`genbench.metrics.sample_images` pads its last batch. The kernels round differently from
         eager ones, as another device's do: that stays out of the protocol, like ``metrics.device``.
         """
+        compile_cache_dir()  # graphs cached across processes, as for training
         object.__setattr__(self, "_sampling_net", torch.compile(self.ema.module, dynamic=False))
         try:
             yield
