@@ -51,7 +51,7 @@ TARGETS = {
 }  # fmt: skip
 # Issue 12's H100 targets for the paper-size U-Net (--paper): genbench's own throughput, whatever the peer does.
 PAPER_TARGETS = {"diffusion_train": 5000.0, "sample_ddim50": 470.0}
-FULL = {"rounds": 7, "train_warm": 2, "train_steps": 6, "gan_steps": 12, "sample_rounds": 3, "eval_rounds": 3,
+FULL = {"rounds": 7, "train_warm": 2, "train_steps": 6, "gan_steps": 30, "sample_rounds": 3, "eval_rounds": 3,
         "sample_steps": 20, "samplers": ("ddim", "dpmpp_2m"), "sample_n": 128, "eval_n": (1000, 10000), "subset": None,
         "n_reference": None, "only": ("diffusion", "gan", "sampling", "evaluation"), "overrides": ()}  # fmt: skip
 TINY = {**FULL, "rounds": 1, "train_warm": 1, "train_steps": 1, "gan_steps": 1, "sample_rounds": 1, "eval_rounds": 1,
