@@ -350,6 +350,43 @@ def print_table(record: dict) -> None:
         print(f"  {r['name']}: {r['what']}; settings {json.dumps(r['settings'])}")
 
 
+def plot_record(record: dict, stem: Path) -> list[Path]:
+    """``stem.png``/``.pdf``: each comparison's ratio as a bar (green: target met, red: missed, grey: none), its target
+    as a black tick, and the peer-under-autocast and flipped-compile ratios as markers. Rows with a throughput target
+    (``--paper``) are drawn as genbench's throughput over that target."""
+    from genbench.report.figures import plt, save_figure
+
+    rows = record["comparisons"]
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.3))
+    for y, r in enumerate(rows):
+        scale = r.get("target_throughput") or r["genbench"]["median"] / r["ratio"]  # the denominator of the bar
+        value = r["genbench"]["median"] / scale
+        colour = "0.6" if r["target_met"] is None else ("tab:green" if r["target_met"] else "tab:red")
+        ax.barh(y, value, color=colour, height=0.6)
+        label = f" {value:.2f}x" + (f" ({r['genbench']['median']:,.0f} {r['unit']})" if r.get("target_throughput") else "")
+        ax.text(value, y, label, va="center", fontsize=8)
+        target = 1.0 if r.get("target_throughput") else r["target_ratio"]
+        if target:
+            ax.plot([target, target], [y - 0.4, y + 0.4], color="black", linewidth=2)
+        if "ratio_autocast" in r and not r.get("target_throughput"):
+            ax.plot(r["ratio_autocast"], y, "o", mfc="none", mec="black", markersize=6)
+        alt = r["genbench"].get("alternative")
+        if alt:
+            ax.plot(alt["median"] / scale, y, "x", color="black", markersize=6)
+    ax.axvline(1.0, color="0.3", linewidth=0.8, linestyle=":")
+    ax.set_yticks(range(len(rows)), [r["name"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    paper = any(r.get("target_throughput") for r in rows)
+    ax.set_xlabel("genbench throughput / target where it is a throughput, else / peer's (fp32)" if paper
+                  else "genbench throughput / peer's (fp32)")  # fmt: skip
+    hw = record["hardware"]
+    ax.set_title(f"make bench ({record['mode']}) on {hw['name']}, torch {record['torch']}, {str(record['git_commit'])[:7]}\n"
+                 "bar: genbench; |: target; o: vs the peer under bf16 autocast; x: sampling compile flipped", fontsize=8)
+    provenance = {"AI-generated": "false", "Software": "genbench benchmarks/bench.py", "commit": str(record["git_commit"]),
+                  "machine": hw["name"], "date": record["date"]}  # fmt: skip
+    return save_figure(fig, stem, provenance)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="seconds, not minutes: the smoke test make test runs")
@@ -435,7 +472,8 @@ def main(argv: list[str] | None = None) -> dict:
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, path)
     print_table(record)
-    print(f"written {path}")
+    figures = plot_record(record, path.with_suffix(""))
+    print(f"written {path} and {', '.join(str(f) for f in figures)}")
     return record
 
 

@@ -41,3 +41,4 @@ def test_tiny_bench_writes_a_stamped_record_with_finite_positive_numbers(tmp_pat
         fraction = r["genbench"].get("fraction_of_peak")
         assert fraction is None or 0 < fraction < 10, (r["name"], fraction)
     assert r["name"] in done.stdout and "ratio" in done.stdout  # the rich table was printed
+    assert path.with_suffix(".png").stat().st_size > 0 and path.with_suffix(".pdf").stat().st_size > 0  # and drawn
