@@ -244,6 +244,7 @@ def test_evaluate_model_samples_balanced_labels_and_fills_the_contract(data, tmp
     assert (record["sampler"], record["sampler_steps"]) == ("ddim", 7)  # what the model said applies is recorded
     assert record["protocol"].startswith("fmnist_classifier-n300-ddim7-") and record["sampler_settings"] == model.calls[0][2]
     assert record["sample_seconds_per_1k"] >= 0
+    assert record["sampling_compiled"] is False and "sampling_compile_seconds" not in record  # nothing to compile
     assert record["memorization"] > 0.95  # the stub copies training images
 
 

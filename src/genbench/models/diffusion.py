@@ -143,17 +143,30 @@ class DiffusionModule(GenerativeModule):
         NFE is kept as ``last_sampler_nfe``. ``generator``: a torch.Generator, IndexedNoise streams or None.
         ``precision``: ``bf16-mixed`` runs the network under bf16 autocast; the solver's arithmetic stays fp32."""
         chosen = self.make_sampler(sampler, steps, eta, sigma_max)
-        net = self.__dict__.get("_sampling_net", self.ema.module)
         labels = self.resolve_labels(n, labels, generator)
+        model_fn = self.sampling_fn(labels, guidance_scale, precision)
+        noise = self.randn(n, *self.image_shape, generator=generator)
+        self.last_sampler_nfe = chosen.nfe
+        return chosen(model_fn, self.schedule, noise, generator=generator, progress=progress)
+
+    def sampling_fn(self, labels: torch.Tensor | None, guidance_scale: float, precision: str) -> Callable:
+        """``model_fn(x_t, t)`` as the samplers call it: the EMA network (compiled inside :meth:`compiled_sampling`),
+        guided towards ``labels``, in ``precision``."""
+        net = self.__dict__.get("_sampling_net", self.ema.module)
         if labels is None:
             model_fn = (lambda x, t: net(x, t, None))
         else:
             model_fn = guided(net, labels, null_label=self.num_classes, guidance_scale=float(guidance_scale))
-        if precision != FP32:
-            model_fn = in_bf16(model_fn)
-        noise = self.randn(n, *self.image_shape, generator=generator)
-        self.last_sampler_nfe = chosen.nfe
-        return chosen(model_fn, self.schedule, noise, generator=generator, progress=progress)
+        return model_fn if precision == FP32 else in_bf16(model_fn)
+
+    @torch.no_grad()
+    def warm_up_sampling(self, n: int, labels=None, guidance_scale: float = 1.0, precision: str = FP32, **_) -> None:
+        """One network call as :meth:`sample` of ``n`` images with these settings makes it (same shapes, dtypes,
+        guidance and precision), so that a compiled network compiles here rather than in the first sampling step."""
+        labels = self.resolve_labels(n, labels, None)
+        x = torch.zeros(n, *self.image_shape, device=self.device)
+        t = torch.full((n,), self.schedule.num_timesteps - 1, dtype=torch.long, device=self.device)
+        self.sampling_fn(labels, guidance_scale, precision)(x, t)
 
     @contextmanager
     def compiled_sampling(self) -> Iterator[None]:
@@ -164,6 +177,7 @@ class DiffusionModule(GenerativeModule):
         without recompiling. Dynamo keeps the compiled graph across calls; each new batch shape compiles once,
         which is why :func:`genbench.metrics.sample_images` pads its last batch. The kernels round differently from
         eager ones, as another device's do: that stays out of the protocol, like ``metrics.device``.
+        :meth:`warm_up_sampling` compiles ahead of the sampling, so compilation can be timed apart.
         """
         compile_cache_dir()  # graphs cached across processes, as for training
         object.__setattr__(self, "_sampling_net", torch.compile(self.ema.module, dynamic=False))
