@@ -42,7 +42,7 @@ class MetricsConfig:
     prc_neighborhood: int = 3
     seed: int = 0
     device: str = "auto"
-    compile: str = "auto"  # auto (CUDA; CPU from CPU_COMPILE_FROM images) | true | false: sampling through torch.compile
+    compile: str = "auto"  # auto (CUDA, or a CPU from CPU_COMPILE_FROM images) | true | false
     cache_dir: str | None = DEFAULT_DIR
 
     @classmethod
