@@ -83,8 +83,7 @@ class MetricsConfig:
             if path is not None and not Path(path).expanduser().is_file():
                 raise GenbenchError(f"metrics.{key}={path} is not a file (expected the extractor's weights)")
         self.torch_device()
-        self.compile = str(self.compile).lower()
-        if self.compile not in COMPILE_CHOICES:
+        if str(self.compile).lower() not in COMPILE_CHOICES:
             raise GenbenchError(f"metrics.compile={self.compile!r}; expected {', '.join(COMPILE_CHOICES)}")
         return self
 
