@@ -201,7 +201,8 @@ def with_autocast_peer(result: dict) -> dict:
 
 
 def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
-    """genbench's evaluator sampling vs a diffusers scheduler loop over the same network, batch and labels."""
+    """genbench's evaluator sampling vs a diffusers scheduler loop over the same network and labels, each side at
+    the sampling batch ``metrics.batch_size`` gives its precision (``auto``: the one measured fastest for it)."""
     from genbench.metrics.config import MetricsConfig
     from genbench.metrics.evaluator import sample_images
     from genbench.models import build_model
@@ -211,15 +212,14 @@ def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
     device = metrics.torch_device()
     model = model.to(device).eval()
     n = mode["sample_n"]
-    batch = min(metrics.batch_size, n)
     # genbench samples in bf16 where the device has it natively (sampler.precision=bf16-mixed, a protocol of its own;
     # README "Speed switches" for its FID against fp32); the peer loop runs in fp32 and under the same autocast
     from genbench.training.speed import native_bf16
 
     sampling = "bf16-mixed" if native_bf16("cpu" if device.type == "cpu" else "gpu") else "32-true"
-    peer_precisions = {"peer": lambda: timing.autocast("32-true", device)}
-    if sampling != "32-true":
-        peer_precisions["peer_autocast"] = lambda: timing.autocast(sampling, device)
+    peer_precisions = {"peer": "32-true"} | ({"peer_autocast": sampling} if sampling != "32-true" else {})
+    batch = min(metrics.sampling_batch({"precision": sampling}), n)
+    peer_batch = {peer: min(metrics.sampling_batch({"precision": p}), n) for peer, p in peer_precisions.items()}
     # genbench as its evaluation of metrics.n_samples images (10,000 by default) samples, metrics.compile=auto
     # deciding, and with that switch flipped, so both are on record; compilation is timed apart, in the warm-up
     compiled = metrics.compile_sampling()
@@ -232,14 +232,17 @@ def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
         scheduler = peers.diffusers_sampler(name, steps, model.schedule)
         contenders = {key: (lambda c=c: sample_images(model, n, batch, 0, settings, device, compile=c)[1], n)
                       for key, c in variants.items()}  # fmt: skip
-        for peer, ctx in peer_precisions.items():
-            contenders[peer] = (lambda ctx=ctx: peers.diffusers_sample(model.ema.module, scheduler, n, batch, model.image_shape,
-                                                                       model.num_classes, device, ctx), n)  # fmt: skip
+        for peer, p in peer_precisions.items():
+            contenders[peer] = (lambda p=p, b=peer_batch[peer]: peers.diffusers_sample(
+                model.ema.module, scheduler, n, b, model.image_shape, model.num_classes, device,
+                lambda: timing.autocast(p, device)), n)  # fmt: skip
         warm_up = {key: {} for key in variants}
         for key, c in variants.items():  # warm-up at the timed batch shape: kernel choice, and compilation (kept out)
             sample_images(model, batch, batch, 0, settings, device, compile=c, timings=warm_up[key])
-        for ctx in peer_precisions.values():
-            peers.diffusers_sample(model.ema.module, scheduler, batch, batch, model.image_shape, model.num_classes, device, ctx)
+        for peer, p in peer_precisions.items():
+            b = peer_batch[peer]
+            peers.diffusers_sample(model.ema.module, scheduler, b, b, model.image_shape, model.num_classes, device,
+                                   lambda p=p: timing.autocast(p, device))  # fmt: skip
         net_flops = timing.count_flops(lambda: model.ema.module(torch.zeros(1, *model.image_shape, device=device),
                                                                  torch.zeros(1, dtype=torch.long, device=device),
                                                                  None if model.num_classes is None else
@@ -251,9 +254,12 @@ def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
         if "genbench_alt" in result:
             result["genbench"]["alternative"] = {"compiled": not compiled, "compile_seconds": seconds["genbench_alt"],
                                                  **result.pop("genbench_alt")}  # fmt: skip
-        rows.append(row(f"sample_{name}{steps}", f"sampling, {name} {steps} steps, batch {batch}", "samples/s",
+        what = f"sampling, {name} {steps} steps, batch {batch}"
+        what += f" (peer {peer_batch['peer']})" if peer_batch["peer"] != batch else ""
+        rows.append(row(f"sample_{name}{steps}", what, "samples/s",
                         result["genbench"], with_autocast_peer(result), f"diffusers {type(scheduler).__name__} loop, fp32",
-                        {"batch": batch, "n": n, "steps": steps, "precision": sampling, "compile": metrics.compile}))  # fmt: skip
+                        {"batch": batch, "peer_batch": peer_batch, "n": n, "steps": steps, "precision": sampling,
+                         "compile": metrics.compile}))  # fmt: skip
     return rows
 
 
@@ -264,7 +270,7 @@ def compare_evaluation(cfg, datamodule, mode: dict, workdir: Path) -> list[dict]
     from genbench.metrics import evaluate_images
     from genbench.metrics.config import MetricsConfig
     from genbench.metrics.evaluator import images_from_datamodule
-    from genbench.metrics.extractors import FMNIST
+    from genbench.metrics.extractors import FEATURE_BATCH, FMNIST
 
     n_ref = mode["n_reference"]
     tiny = {"heldout_split": "val", "n_reference": n_ref} if n_ref else {}  # the val split: 64 images in tiny mode
@@ -297,7 +303,7 @@ def compare_evaluation(cfg, datamodule, mode: dict, workdir: Path) -> list[dict]
             torch_fidelity.calculate_metrics(
                 input1=Images(fake), input2=Images(reference), feature_extractor=FMNIST, isc=True, fid=True, kid=True,
                 prc=True, kid_subset_size=kid_size, kid_subsets=metrics.kid_subsets, isc_splits=max(1, min(10, n // 100)),
-                batch_size=metrics.batch_size, cuda=device.type == "cuda", verbose=False, cache=True,
+                batch_size=FEATURE_BATCH, cuda=device.type == "cuda", verbose=False, cache=True,
                 cache_root=str(workdir / "fidelity"), input2_cache_name=f"bench-reference-{len(reference)}",
                 save_cpu_ram=True,
             )  # fmt: skip

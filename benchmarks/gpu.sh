@@ -31,7 +31,7 @@ timeout "$(left 330)" python3 benchmarks/bench.py --paper --out "$OUT" hardware=
   | grep -v "^\[bench" | tail -30
 for part in "diffusion gan" "sampling evaluation"; do
   echo "== bench --only $part ($((SECONDS - START)) s)"
-  timeout "$(left 200)" python3 benchmarks/bench.py --only $part --out "$OUT" hardware=gpu_bf16 metrics.batch_size=512 \
+  timeout "$(left 200)" python3 benchmarks/bench.py --only $part --out "$OUT" hardware=gpu_bf16 \
     >>"$OUT/bench-cpu-size.log" 2>&1
 done
 tail -25 "$OUT/bench-cpu-size.log"

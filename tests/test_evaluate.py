@@ -154,6 +154,7 @@ def test_checkpoint_is_scored_under_its_runs_own_protocol_by_default(results, wo
     # The same protocol at another batch size: the same images, so the same numbers (the file is rewritten).
     again = _record(results["own_batch7"])
     assert again["protocol"] == own["protocol"]
+    assert own["sampling_batch_size"] == 64 and again["sampling_batch_size"] == 7  # auto: fp32 sampling on a CPU
     for key in ("fid", "kid_mean", "kid_std", "is_mean", "precision", "recall", "memorization"):
         assert again[key] == own[key], key
     # A re-score under another protocol has its own file and leaves the run's own score alone.

@@ -190,6 +190,19 @@ def test_compiled_sampling_draws_the_eager_images_and_follows_a_moving_ema():
     assert counters["stats"]["unique_graphs"] == graphs + 1 and "_sampling_net" not in model.__dict__
 
 
+def test_sampling_batch_auto_is_the_fastest_measured_for_the_precision():
+    cpu = MetricsConfig.from_cfg({"device": "cpu"})  # metrics.batch_size=auto, the default
+    assert cpu.batch_size == "auto" and cpu.sampling_batch() == cpu.sampling_batch(None) == 64
+    model = tiny_model("diffusion")
+    for precision, batch in (("32-true", 64), ("bf16-mixed", 128)):
+        settings = model.sampler_settings({"sampler": "dpmpp_2m", "steps": 3, "precision": precision})
+        assert cpu.sampling_batch(settings) == batch
+        assert MetricsConfig.from_cfg({"batch_size": 7}).sampling_batch(settings) == 7  # a number is kept
+    assert MetricsConfig.from_cfg({"batch_size": "256"}).sampling_batch() == 256  # as OmegaConf reads an int
+    if torch.cuda.is_available():
+        assert MetricsConfig.from_cfg({"device": "cuda"}).sampling_batch() == 512
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_compiled_bf16_sampling_on_gpu_draws_the_eager_images():
@@ -305,6 +318,7 @@ def test_a_metrics_json_from_before_protocol_ids_is_kept_aside(tmp_path):
         ({"memorization_percentile": 150}, "percentile"), ({"inception_weights": "/nowhere.pth"}, "not a file"),
         ({"device": "tpu"}, "device"), ({"n_reference": 0}, "n_reference"), ({"nonsense": 1}, "nonsense"),
         ({"compile": "sometimes"}, "metrics.compile='sometimes'"),
+        ({"batch_size": "big"}, "batch_size='big'; expected auto"), ({"batch_size": 2.5}, "batch_size=2.5: expected auto or a positive integer"),
     ],
 )  # fmt: skip
 def test_bad_metrics_settings_are_user_errors(values, words):

@@ -126,8 +126,8 @@ class FIDCallback(pl.Callback):
             pl_module.eval()
             try:
                 fake, _ = sample_images(
-                    pl_module, self.n_samples, self.config.batch_size, self.seed, self.settings, pl_module.device,
-                    compile=self.config.compile_sampling(self.n_samples),
+                    pl_module, self.n_samples, self.config.sampling_batch(self.settings), self.seed, self.settings,
+                    pl_module.device, compile=self.config.compile_sampling(self.n_samples),
                 )
             finally:
                 pl_module.train(was_training)

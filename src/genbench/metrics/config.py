@@ -20,6 +20,11 @@ from genbench.metrics.cache import DEFAULT_DIR
 SPLITS = ("train", "val", "test")
 COMPILE_CHOICES = ("auto", "true", "false")
 CPU_COMPILE_FROM = 5000  # metrics.compile=auto on a CPU: compile the sampling network from this many images
+# metrics.batch_size=auto: the sampling batch measured fastest (README "Speed switches"). On the 2-core Xeon,
+# DPM-Solver++(2M) 20, samples/s at batch 64/128/256: fp32 compiled 50/49/43 and eager 38/36 (at 64/128); bf16
+# compiled 79/89/93 and eager 54/62 (at 64/128). A GPU takes the GPU study's batch (make bench --paper).
+CPU_SAMPLING_BATCH = {"32-true": 64, "bf16-mixed": 128}
+CUDA_SAMPLING_BATCH = 512
 # Settings that decide where and how fast a score is computed, never its value (see genbench.metrics.protocol).
 MACHINE_KEYS = ("batch_size", "device", "cache_dir", "compile")
 
@@ -35,7 +40,7 @@ class MetricsConfig:
     memorization: bool = True
     heldout_split: str = "test"
     memorization_percentile: float = 5.0
-    batch_size: int = 64
+    batch_size: int | str = "auto"  # auto (sampling_batch) | images per sampling pass
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     isc_splits: int = 10
@@ -60,7 +65,8 @@ class MetricsConfig:
         except OmegaConfBaseException as exc:
             key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
             value = values.get(str(key)) if key is not None else None
-            expected = {f.name: f.type for f in fields(cls)}.get(str(key), "a valid value")
+            expected = {f.name: f.type for f in fields(cls)} | {"batch_size": "auto or a positive integer"}
+            expected = expected.get(str(key), "a valid value")
             raise GenbenchError(f"metrics.{key}={value!r}: expected {expected}") from exc
         return config.check()
 
@@ -71,9 +77,15 @@ class MetricsConfig:
         for key in ("reference_split", "heldout_split"):
             if getattr(self, key) not in SPLITS:
                 raise GenbenchError(f"metrics.{key}={getattr(self, key)!r} is not one of {', '.join(SPLITS)}")
-        for key in ("n_samples", "batch_size", "kid_subsets", "kid_subset_size", "isc_splits", "prc_neighborhood"):
+        if isinstance(self.batch_size, str) and self.batch_size.isdigit():  # "256" from a dict: an int, as OmegaConf
+            self.batch_size = int(self.batch_size)
+        if isinstance(self.batch_size, str) and self.batch_size != "auto":
+            raise GenbenchError(f"metrics.batch_size={self.batch_size!r}; expected auto or a positive integer")
+        for key in ("n_samples", "kid_subsets", "kid_subset_size", "isc_splits", "prc_neighborhood"):
             if getattr(self, key) < 1:
                 raise GenbenchError(f"metrics.{key}={getattr(self, key)}; expected a positive integer")
+        if self.batch_size != "auto" and self.batch_size < 1:
+            raise GenbenchError(f"metrics.batch_size={self.batch_size}; expected auto or a positive integer")
         if self.n_reference is not None and self.n_reference < 1:
             raise GenbenchError(f"metrics.n_reference={self.n_reference}; expected a positive integer or null (all)")
         if not 0 < self.memorization_percentile < 100:
@@ -98,6 +110,17 @@ class MetricsConfig:
         if choice != "auto":
             return choice == "true"
         return self.torch_device().type == "cuda" or (self.n_samples if n is None else n) >= CPU_COMPILE_FROM
+
+    def sampling_batch(self, sampler: dict | None = None) -> int:
+        """Images per sampling pass: ``metrics.batch_size``, or for ``auto`` the batch measured fastest for the
+        device and the network's precision while sampling (``sampler.precision`` in ``sampler``, the settings of
+        :func:`~genbench.metrics.settings.model_sampler`): :data:`CPU_SAMPLING_BATCH`, on CUDA
+        :data:`CUDA_SAMPLING_BATCH`. Never changes a score: image i's noise and label are its own at any batch."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        if self.torch_device().type == "cuda":
+            return CUDA_SAMPLING_BATCH
+        return CPU_SAMPLING_BATCH[(sampler or {}).get("precision", "32-true")]
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

@@ -392,11 +392,12 @@ def run_model_evaluation(model, plan: Plan) -> dict:
              model.family, plan.sampler or "none: one pass", device)  # fmt: skip
     timings = {}
     with progress_bar() as bar:
-        fake, seconds = sample_images(model, plan.n_fake, plan.config.batch_size, plan.config.seed, plan.sampler, device, bar,
+        batch = plan.config.sampling_batch(plan.sampler)
+        fake, seconds = sample_images(model, plan.n_fake, batch, plan.config.seed, plan.sampler, device, bar,
                                       compile=plan.config.compile_sampling(plan.n_fake), timings=timings)  # fmt: skip
         record = score_images(plan, fake, bar)
     record.update(sample_seconds_per_1k=round(seconds / plan.n_fake * 1000, 3), family=model.family, device=str(device),
-                  sampling_compiled="compile_seconds" in timings)  # fmt: skip
+                  sampling_batch_size=batch, sampling_compiled="compile_seconds" in timings)  # fmt: skip
     if record["sampling_compiled"]:  # apart from sample_seconds_per_1k, as training's compile_seconds from its budget
         record["sampling_compile_seconds"] = round(timings["compile_seconds"], 2)
     if plan.sampler is not None and hasattr(model, "sampler_nfe"):
