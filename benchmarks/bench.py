@@ -390,6 +390,7 @@ def plot_record(record: dict, stem: Path) -> list[Path]:
         if alt:
             ax.plot(alt["median"] / scale, y, "x", color="black", markersize=6)
     ax.axvline(1.0, color="0.3", linewidth=0.8, linestyle=":")
+    ax.set_xlim(0, ax.get_xlim()[1] * 1.08)  # room for the last bar's label
     ax.set_yticks(range(len(rows)), [r["name"] for r in rows], fontsize=8)
     ax.invert_yaxis()
     paper = any(r.get("target_throughput") for r in rows)
