@@ -318,7 +318,8 @@ def test_a_metrics_json_from_before_protocol_ids_is_kept_aside(tmp_path):
         ({"memorization_percentile": 150}, "percentile"), ({"inception_weights": "/nowhere.pth"}, "not a file"),
         ({"device": "tpu"}, "device"), ({"n_reference": 0}, "n_reference"), ({"nonsense": 1}, "nonsense"),
         ({"compile": "sometimes"}, "metrics.compile='sometimes'"),
-        ({"batch_size": "big"}, "batch_size='big'; expected auto"), ({"batch_size": 2.5}, "batch_size=2.5: expected auto or a positive integer"),
+        ({"batch_size": "big"}, "batch_size='big'; expected auto"),
+        ({"batch_size": 2.5}, "batch_size=2.5: expected auto or a positive integer"),
     ],
 )  # fmt: skip
 def test_bad_metrics_settings_are_user_errors(values, words):

@@ -25,7 +25,8 @@ N = 16
 # Bad input: name -> (arguments after ckpt=, words of the error line)
 BAD = {
     "n_not_a_number": (["n=abc", "out={root}/bad"], ["n=abc", "integer"]),
-    "batch_size_zero": (["batch_size=0", "out={root}/bad"], ["batch_size=0", "integer"]),
+    "batch_size_zero": (["batch_size=0", "out={root}/bad"], ["batch_size=0", "auto or an integer"]),
+    "batch_size_word": (["batch_size=big", "out={root}/bad"], ["batch_size=big", "auto or an integer"]),
     "seed_not_a_number": (["seed=abc", "out={root}/bad"], ["seed=abc"]),
     "bogus_device": (["device=bogus", "out={root}/bad"], ["device=bogus"]),
     "out_is_a_file": (["out={root}/a_file.txt"], ["a_file.txt", "is a file"]),

@@ -88,10 +88,14 @@ def labels_for(model, prompt: str | None, labels, n: int) -> torch.Tensor | None
 
 
 def sample(cfg: DictConfig) -> Path:
+    from genbench.metrics.config import fastest_sampling_batch
     from genbench.metrics.settings import sampler_for_run
     from genbench.models import load_checkpoint
 
-    n, batch_size = integer(cfg.n, "n", 1), integer(cfg.batch_size, "batch_size", 1)
+    n = integer(cfg.n, "n", 1)
+    batch_size = cfg.batch_size
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise GenbenchError(f"batch_size={batch_size}; expected auto or an integer >= 1")
     seed = integer(cfg.seed, "seed", 0)
     nrow = None if cfg.nrow is None else integer(cfg.nrow, "nrow", 1)
     out = Path(cfg.out).expanduser()
@@ -100,6 +104,7 @@ def sample(cfg: DictConfig) -> Path:
     model, run_cfg = load_checkpoint(cfg.ckpt, map_location=device)
     labels = labels_for(model, cfg.prompt, cfg.labels, n)
     settings = sampler_for_run(model, run_cfg.get("sampler"), cfg.sampler)
+    batch_size = fastest_sampling_batch(device, settings) if batch_size == "auto" else batch_size
     log.info("%s checkpoint %s (sha256 %s…), %d images, sampler %s", model.family, cfg.ckpt,
              model.checkpoint_sha256[:12], n, settings or "none (one pass)")  # fmt: skip
     batches = []

@@ -118,9 +118,7 @@ class MetricsConfig:
         :data:`CUDA_SAMPLING_BATCH`. Never changes a score: image i's noise and label are its own at any batch."""
         if self.batch_size != "auto":
             return int(self.batch_size)
-        if self.torch_device().type == "cuda":
-            return CUDA_SAMPLING_BATCH
-        return CPU_SAMPLING_BATCH[(sampler or {}).get("precision", "32-true")]
+        return fastest_sampling_batch(self.torch_device(), sampler)
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -136,6 +134,14 @@ class MetricsConfig:
     def protocol_settings(self) -> dict:
         """The settings that enter the protocol, as configured (before ``auto`` or weights are resolved)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in MACHINE_KEYS}
+
+
+def fastest_sampling_batch(device: torch.device, sampler: dict | None = None) -> int:
+    """The sampling batch measured fastest on ``device`` for the precision in ``sampler`` (``sampler.precision``;
+    absent: fp32): ``batch_size=auto`` of the evaluator (``metrics.batch_size``) and of ``genbench.sample``."""
+    if device.type == "cuda":
+        return CUDA_SAMPLING_BATCH
+    return CPU_SAMPLING_BATCH[(sampler or {}).get("precision", "32-true")]
 
 
 def check_metrics(cfg_metrics) -> MetricsConfig:
