@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -230,19 +231,22 @@ def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
         settings = model.sampler_settings({"sampler": name, "steps": steps, "precision": sampling,
                                            **({"eta": 0.0} if name == "ddim" else {})})  # fmt: skip
         scheduler = peers.diffusers_sampler(name, steps, model.schedule)
-        contenders = {key: (lambda c=c: sample_images(model, n, batch, 0, settings, device, compile=c)[1], n)
-                      for key, c in variants.items()}  # fmt: skip
-        for peer, p in peer_precisions.items():
-            contenders[peer] = (lambda p=p, b=peer_batch[peer]: peers.diffusers_sample(
-                model.ema.module, scheduler, n, b, model.image_shape, model.num_classes, device,
-                lambda: timing.autocast(p, device)), n)  # fmt: skip
+
+        def ours(key: str, count: int, timings: dict | None = None) -> float:
+            return sample_images(model, count, batch, 0, settings, device, compile=variants[key], timings=timings)[1]
+
+        def theirs(peer: str, count: int) -> None:
+            precision = partial(timing.autocast, peer_precisions[peer], device)
+            peers.diffusers_sample(model.ema.module, scheduler, count, peer_batch[peer], model.image_shape,
+                                   model.num_classes, device, precision)  # fmt: skip
+
+        contenders = {key: (partial(ours, key, n), n) for key in variants}
+        contenders |= {peer: (partial(theirs, peer, n), n) for peer in peer_precisions}
         warm_up = {key: {} for key in variants}
-        for key, c in variants.items():  # warm-up at the timed batch shape: kernel choice, and compilation (kept out)
-            sample_images(model, batch, batch, 0, settings, device, compile=c, timings=warm_up[key])
-        for peer, p in peer_precisions.items():
-            b = peer_batch[peer]
-            peers.diffusers_sample(model.ema.module, scheduler, b, b, model.image_shape, model.num_classes, device,
-                                   lambda p=p: timing.autocast(p, device))  # fmt: skip
+        for key in variants:  # warm-up at the timed batch shape: kernel choice, and compilation (kept out)
+            ours(key, batch, warm_up[key])
+        for peer in peer_precisions:
+            theirs(peer, peer_batch[peer])
         net_flops = timing.count_flops(lambda: model.ema.module(torch.zeros(1, *model.image_shape, device=device),
                                                                  torch.zeros(1, dtype=torch.long, device=device),
                                                                  None if model.num_classes is None else

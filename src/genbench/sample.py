@@ -42,10 +42,12 @@ def pick_device(name) -> torch.device:
         raise GenbenchError(f"device={name} is not a torch device (expected auto, cpu or cuda)") from exc
 
 
-def integer(value, key: str, minimum: int) -> int:
-    """An integer command-line value, at least ``minimum``."""
+def integer(value, key: str, minimum: int, auto: bool = False) -> int | str:
+    """An integer command-line value, at least ``minimum`` (or ``auto``, where ``auto`` is allowed)."""
+    if auto and value == "auto":
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise GenbenchError(f"{key}={value}; expected an integer >= {minimum}")
+        raise GenbenchError(f"{key}={value}; expected {'auto or ' if auto else ''}an integer >= {minimum}")
     return value
 
 
@@ -92,10 +94,7 @@ def sample(cfg: DictConfig) -> Path:
     from genbench.metrics.settings import sampler_for_run
     from genbench.models import load_checkpoint
 
-    n = integer(cfg.n, "n", 1)
-    batch_size = cfg.batch_size
-    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise GenbenchError(f"batch_size={batch_size}; expected auto or an integer >= 1")
+    n, batch_size = integer(cfg.n, "n", 1), integer(cfg.batch_size, "batch_size", 1, auto=True)
     seed = integer(cfg.seed, "seed", 0)
     nrow = None if cfg.nrow is None else integer(cfg.nrow, "nrow", 1)
     out = Path(cfg.out).expanduser()

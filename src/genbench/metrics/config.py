@@ -77,15 +77,13 @@ class MetricsConfig:
         for key in ("reference_split", "heldout_split"):
             if getattr(self, key) not in SPLITS:
                 raise GenbenchError(f"metrics.{key}={getattr(self, key)!r} is not one of {', '.join(SPLITS)}")
-        if isinstance(self.batch_size, str) and self.batch_size.isdigit():  # "256" from a dict: an int, as OmegaConf
-            self.batch_size = int(self.batch_size)
-        if isinstance(self.batch_size, str) and self.batch_size != "auto":
-            raise GenbenchError(f"metrics.batch_size={self.batch_size!r}; expected auto or a positive integer")
         for key in ("n_samples", "kid_subsets", "kid_subset_size", "isc_splits", "prc_neighborhood"):
             if getattr(self, key) < 1:
                 raise GenbenchError(f"metrics.{key}={getattr(self, key)}; expected a positive integer")
-        if self.batch_size != "auto" and self.batch_size < 1:
-            raise GenbenchError(f"metrics.batch_size={self.batch_size}; expected auto or a positive integer")
+        if isinstance(self.batch_size, str) and self.batch_size.isdigit():  # "256" from a dict: an int, as OmegaConf
+            self.batch_size = int(self.batch_size)
+        if self.batch_size != "auto" and (isinstance(self.batch_size, str) or self.batch_size < 1):
+            raise GenbenchError(f"metrics.batch_size={self.batch_size!r}; expected auto or a positive integer")
         if self.n_reference is not None and self.n_reference < 1:
             raise GenbenchError(f"metrics.n_reference={self.n_reference}; expected a positive integer or null (all)")
         if not 0 < self.memorization_percentile < 100:

@@ -180,6 +180,7 @@ class DiffusionModule(GenerativeModule):
         :meth:`warm_up_sampling` compiles ahead of the sampling, so compilation can be timed apart.
         """
         compile_cache_dir()  # graphs cached across processes, as for training
+        # set past nn.Module.__setattr__: a registered submodule would enter state_dict and the checkpoints
         object.__setattr__(self, "_sampling_net", torch.compile(self.ema.module, dynamic=False))
         try:
             yield
