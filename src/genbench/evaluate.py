@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genbench.cli import hydra_entry
 from genbench.errors import GenbenchError
+from genbench.schema import check_config
 from genbench.metrics import MetricsConfig, images_from_datamodule, images_from_path, plan_evaluation, score_images
 from genbench.metrics.store import check_destination, check_store, score_dir, write_score
 from genbench.training.record import write_json
@@ -112,6 +113,7 @@ def from_samples(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    check_config(cfg, "evaluate")  # every key's type and range (genbench.schema), before anything is loaded
     if (cfg.ckpt is None) == (cfg.samples is None):
         raise GenbenchError("give exactly one of ckpt=PATH (a checkpoint) or samples=PATH (a folder of PNGs or an .npz)")
     if cfg.reference is not None and cfg.ckpt is not None:

@@ -24,6 +24,7 @@ from genbench.cli import hydra_entry
 from genbench.errors import GenbenchError
 from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
 from genbench.noise import IndexedNoise
+from genbench.schema import check_config
 
 log = logging.getLogger("genbench.sample")
 
@@ -40,15 +41,6 @@ def pick_device(name) -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise GenbenchError(f"device={name} is not a torch device (expected auto, cpu or cuda)") from exc
-
-
-def integer(value, key: str, minimum: int, auto: bool = False) -> int | str:
-    """An integer command-line value, at least ``minimum`` (or ``auto``, where ``auto`` is allowed)."""
-    if auto and value == "auto":
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise GenbenchError(f"{key}={value}; expected {'auto or ' if auto else ''}an integer >= {minimum}")
-    return value
 
 
 def check_out(out: Path) -> None:
@@ -94,9 +86,8 @@ def sample(cfg: DictConfig) -> Path:
     from genbench.metrics.settings import sampler_for_run
     from genbench.models import load_checkpoint
 
-    n, batch_size = integer(cfg.n, "n", 1), integer(cfg.batch_size, "batch_size", 1, auto=True)
-    seed = integer(cfg.seed, "seed", 0)
-    nrow = None if cfg.nrow is None else integer(cfg.nrow, "nrow", 1)
+    check_config(cfg, "sample")  # every key's type and range (genbench.schema), before anything is loaded
+    n, batch_size, seed, nrow = cfg.n, cfg.batch_size, cfg.seed, cfg.nrow
     out = Path(cfg.out).expanduser()
     check_out(out)
     device = pick_device(cfg.device)

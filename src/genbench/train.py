@@ -130,7 +130,6 @@ def preflight(cfg: DictConfig) -> Budget:
     """Every check that needs nothing loaded, built or written: bad input ends here (training/preflight.py)."""
     check_train_config(cfg)
     check_metrics(cfg.metrics)  # metrics.* (the extractor's name too) fail now, not after training
-    _require_positive_int(cfg.hardware.get("num_nodes", 1), "hardware.num_nodes")
     if "spawn" in str(cfg.hardware.strategy):
         # The spawn launcher pickles the model into each new process; torch refuses to pickle parametrized modules
         # (the GAN's spectral norm), so only some families would run. One launcher that works for all instead.
@@ -139,11 +138,6 @@ def preflight(cfg: DictConfig) -> Budget:
                             "started by Lightning, srun or torchrun)")  # fmt: skip
     rank_share(int(cfg.data.batch_size), world_size(cfg.hardware))  # data.batch_size is the global batch
     return Budget(**cfg.budget)
-
-
-def _require_positive_int(value, key: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GenbenchError(f"{key}={value}; expected a positive integer")
 
 
 def finished_record(cfg: DictConfig, run_dir: Path, budget: Budget) -> dict | None:

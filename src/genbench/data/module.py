@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -14,6 +15,7 @@ from genbench.data.order import (
 )  # fmt: skip
 from genbench.data.sources import SourceSpec, load_splits
 from genbench.errors import GenbenchError
+from genbench.schema.types import Flag, NonNegativeInt, PathText, PositiveInt, Seed, Text
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +38,24 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        source: str = "fashion_mnist",
-        root: str | None = None,
-        name: str | None = None,
-        image_key: str = "image",
-        label_key: str | None = "label",
-        train_split: str = "train",
-        test_split: str = "test",
-        image_size: int = 28,
-        channels: int | None = None,
-        resize: str = "auto",
-        subset: int | None = None,
-        val_size: int = 1000,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        flip: bool = False,
-        on_device: bool = False,
-        seed: int = 0,
-        cache_dir: str = "~/.cache/genbench/data",
+        source: Literal["fashion_mnist", "hf", "imagefolder"] = "fashion_mnist",
+        root: PathText | None = None,
+        name: Text | None = None,
+        image_key: Text = "image",
+        label_key: Text | None = "label",
+        train_split: Text = "train",
+        test_split: Text = "test",
+        image_size: PositiveInt = 28,
+        channels: Literal[1, 3] | None = None,
+        resize: Literal["auto", "pad", "resize"] = "auto",
+        subset: PositiveInt | None = None,
+        val_size: NonNegativeInt = 1000,
+        batch_size: PositiveInt = 128,
+        num_workers: NonNegativeInt = 0,
+        flip: Flag = False,
+        on_device: Flag = False,
+        seed: Seed = 0,
+        cache_dir: PathText = "~/.cache/genbench/data",
     ):
         super().__init__()
         if subset is not None and int(subset) < 1:

@@ -7,9 +7,12 @@ with t = 0 .. T-1 indexing the T noising steps.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from genbench.schema.types import OpenUnit, PositiveInt
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
@@ -45,11 +48,11 @@ class NoiseSchedule(nn.Module):
 
     def __init__(
         self,
-        num_timesteps: int = 1000,
-        kind: str = "linear",
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        prediction: str = "eps",
+        num_timesteps: PositiveInt = 1000,
+        kind: Literal["linear", "cosine"] = "linear",
+        beta_start: OpenUnit = 1e-4,
+        beta_end: OpenUnit = 0.02,
+        prediction: Literal["eps", "v"] = "eps",
     ) -> None:
         super().__init__()
         if kind not in SCHEDULES:

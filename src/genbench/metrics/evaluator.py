@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -266,7 +266,7 @@ def score_images(plan: Plan, fake: torch.Tensor, progress: Progress | None = Non
         sampler=sampler.get("sampler"), sampler_steps=sampler.get("steps"), sample_seconds_per_1k=None,
         sampler_settings=plan.sampler, scoring_protocol=plan.protocol.scoring_id, protocol_fields=plan.protocol.fields,
         score_seconds=round(time.perf_counter() - started, 2), cache_hits=cache.hits, cache_misses=cache.misses,
-        metrics_config=asdict(config),
+        metrics_config=config.model_dump(),
     )  # fmt: skip
     return {k: record[k] for k in CONTRACT_FIELDS} | {k: v for k, v in record.items() if k not in CONTRACT_FIELDS}
 

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from genbench.schema.types import Flag, PositiveFloat, PositiveInt, Text
 from genbench import noise
 from genbench.errors import GenbenchError
 from genbench.models.ema import ImageEMA, checked_ema_settings
@@ -32,13 +33,13 @@ class GenerativeModule(pl.LightningModule):
     def __init__(
         self,
         image_shape: Sequence[int],
-        family: str | None = None,
+        family: Text | None = None,
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
-        conditional: bool = True,
-        ema_halflife_kimg: float = 44.0,
-        ema_rampup_ratio: float | None = 0.077,
-        log_every_n_steps: int = 25,
+        conditional: Flag = True,
+        ema_halflife_kimg: PositiveFloat = 44.0,
+        ema_rampup_ratio: PositiveFloat | None = 0.077,
+        log_every_n_steps: PositiveInt = 25,
     ):
         super().__init__()
         if family is not None and family != self.family:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genbench.schema.types import Probability
 from genbench.diffusion.registry import build_sampler
 from genbench.diffusion.samplers import DEFAULT_SIGMA_MAX, Sampler, guided
 from genbench.diffusion.schedule import NoiseSchedule
@@ -58,7 +59,7 @@ class DiffusionModule(GenerativeModule):
         net: Callable[..., nn.Module],
         schedule: NoiseSchedule,
         optimizer: Callable[..., torch.optim.Optimizer],
-        label_dropout: float = 0.1,
+        label_dropout: Probability = 0.1,
         **base,
     ):
         super().__init__(**base)

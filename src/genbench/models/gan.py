@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genbench.schema.types import NonNegativeFloat, PositiveInt
 from genbench.errors import GenbenchError
 from genbench.models.base import GenerativeModule
 
@@ -61,9 +62,9 @@ class GANModule(GenerativeModule):
         discriminator: Callable[..., nn.Module],
         g_optimizer: Callable[..., torch.optim.Optimizer],
         d_optimizer: Callable[..., torch.optim.Optimizer],
-        loss: str = "hinge",
-        gp_weight: float = 10.0,
-        d_steps: int = 1,
+        loss: Literal["non_saturating", "hinge", "wgan_gp"] = "hinge",
+        gp_weight: NonNegativeFloat = 10.0,
+        d_steps: PositiveInt = 1,
         **base,
     ):
         super().__init__(**base)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genbench.schema.types import Float, NonNegativeFloat, NonNegativeInt
 from genbench.errors import GenbenchError
 from genbench.models.base import GenerativeModule
 
@@ -41,10 +42,10 @@ class VAEModule(GenerativeModule):
         self,
         net: Callable[..., nn.Module],
         optimizer: Callable[..., torch.optim.Optimizer],
-        likelihood: str = "bernoulli",
-        beta: float = 1.0,
-        kl_warmup_steps: int = 0,
-        gaussian_log_scale: float = -2.0,
+        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+        beta: NonNegativeFloat = 1.0,
+        kl_warmup_steps: NonNegativeInt = 0,
+        gaussian_log_scale: Float = -2.0,
         **base,
     ):
         super().__init__(**base)

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from genbench.schema.types import Flag, PositiveInt
+
 # image size -> (side of the first feature map, number of stride-2 stages between it and the image)
 _LAYOUTS = {28: (7, 2), 32: (4, 3), 64: (4, 4)}
 
@@ -51,10 +53,10 @@ class Generator(nn.Module):
 
     def __init__(
         self,
-        latent_dim: int = 128,
+        latent_dim: PositiveInt = 128,
         image_channels: int = 1,
         image_size: int = 32,
-        base_channels: int = 64,
+        base_channels: PositiveInt = 64,
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
@@ -102,9 +104,9 @@ class Discriminator(nn.Module):
         self,
         image_channels: int = 1,
         image_size: int = 32,
-        base_channels: int = 64,
+        base_channels: PositiveInt = 64,
         num_classes: int | None = None,
-        spectral_norm: bool = True,
+        spectral_norm: Flag = True,
     ) -> None:
         super().__init__()
         side, stages = layout(image_size)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from genbench.schema.types import Flag, PositiveInt
 from genbench.nets.dcgan import check_labels, layout
 
 DISCRIMINATOR_DOWNSAMPLINGS = 2  # 32 px -> 8x8 features before pooling, as in SNGAN's CIFAR discriminator
@@ -89,10 +90,10 @@ class DownBlock(nn.Module):
 class ResNetGenerator(nn.Module):
     def __init__(
         self,
-        latent_dim: int = 128,
+        latent_dim: PositiveInt = 128,
         image_channels: int = 3,
         image_size: int = 32,
-        base_channels: int = 256,
+        base_channels: PositiveInt = 256,
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
@@ -125,9 +126,9 @@ class ResNetDiscriminator(nn.Module):
         self,
         image_channels: int = 3,
         image_size: int = 32,
-        base_channels: int = 128,
+        base_channels: PositiveInt = 128,
         num_classes: int | None = None,
-        spectral_norm: bool = True,
+        spectral_norm: Flag = True,
     ) -> None:
         super().__init__()
         layout(image_size)  # the same image sizes as the generator

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Interval, MinLen
+from pydantic import Strict
 from torch import Tensor, nn
+
+from genbench.schema.types import Flag, NonNegativeInt, PositiveInt
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -180,15 +185,15 @@ class UNet(nn.Module):
         self,
         image_channels: int = 1,
         image_size: int = 32,
-        base_channels: int = 64,
-        channel_mults: Sequence[int] = (1, 2, 2),
-        num_res_blocks: int = 2,
-        attention_resolutions: Sequence[int] | None = (16,),
-        dropout: float = 0.1,
+        base_channels: PositiveInt = 64,
+        channel_mults: Annotated[Sequence[PositiveInt], MinLen(1)] = (1, 2, 2),
+        num_res_blocks: PositiveInt = 2,
+        attention_resolutions: Sequence[PositiveInt] | None = (16,),
+        dropout: Annotated[float, Strict(), Interval(ge=0, lt=1)] = 0.1,
         num_classes: int | None = None,
-        num_heads: int = 4,
-        scale_shift: bool = True,
-        attention_levels: Sequence[int] | None = None,
+        num_heads: PositiveInt = 4,
+        scale_shift: Flag = True,
+        attention_levels: Sequence[NonNegativeInt] | None = None,
     ) -> None:
         super().__init__()
         if not channel_mults or num_res_blocks < 1:

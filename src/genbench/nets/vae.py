@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genbench.schema.types import PositiveInt
 from genbench.nets.dcgan import check_labels, layout
 from genbench.nets.unet import group_norm
 
@@ -25,8 +26,8 @@ class ConvVAE(nn.Module):
         self,
         image_channels: int = 1,
         image_size: int = 32,
-        latent_dim: int = 32,
-        base_channels: int = 32,
+        latent_dim: PositiveInt = 32,
+        base_channels: PositiveInt = 32,
         num_classes: int | None = None,
     ) -> None:
         super().__init__()

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genbench.cli import hydra_entry
 from genbench.errors import GenbenchError
+from genbench.schema import check_config
 from genbench.report import figures as fig
 from genbench.report.collect import Run, find_runs, missing_jobs
 from genbench.report.sampler_cost import sampler_cost_figure
@@ -100,6 +101,7 @@ def stamp(cfg: DictConfig, runs: list[Run], summary: Summary, written: list[Path
 
 
 def report(cfg: DictConfig) -> dict:
+    check_config(cfg, "report")  # every key's type and range (genbench.schema), before anything is read
     sweep, out = Path(cfg.sweep).expanduser(), Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():  # checked first: a report that cannot be written is not worth drawing
         raise GenbenchError(f"out={out} is a file; expected a folder for the report (new, or one of an earlier report)")

@@ -1,0 +1,240 @@
+"""The rules of every config group that is not a ``_target_`` node, and of each command's whole config.
+
+One class per group of conf/ (conf/budget, conf/hardware, ...), one field per key with its type, range and choices.
+conf/*.yaml hold the defaults and say why; these say what is allowed. Groups that build an object (``data``,
+``model``, ``trainer``, ``callbacks.progress_bar``, loggers) take their rules from that object's signature
+(:mod:`genbench.schema.targets`); here they are plain dicts, checked by :func:`genbench.schema.check_command`.
+What no type can say (Lightning's precision names, whether a GPU is visible, whether a network fits the image size)
+stays as a named check in the command's preflight.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from annotated_types import Ge
+from pydantic import BaseModel, ConfigDict, Strict, model_validator
+
+from genbench.schema.types import (
+    Auto, Device, Flag, Float, NonNegativeFloat, NonNegativeInt, PathText, Percentile, PositiveFloat, PositiveInt,
+    RunName, Seed, Text,
+)  # fmt: skip
+
+SPLITS = Literal["train", "val", "test"]
+SAMPLING_PRECISIONS = Literal["32-true", "bf16-mixed"]
+
+
+class Group(BaseModel):
+    """Unknown keys are refused; floats are finite (also in ``Any`` fields)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
+
+
+class Budget(Group):
+    max_steps: PositiveInt | None = None
+    max_images: PositiveInt | None = None
+    max_minutes: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Budget":
+        chosen = [k for k, v in self.model_dump().items() if v is not None]
+        if len(chosen) != 1:
+            names = ", ".join(f"budget.{k}" for k in type(self).model_fields)
+            raise ValueError(f"exactly one of {names} must be set; got {', '.join(chosen) or 'none'}")
+        return self
+
+
+class Sampler(Group):
+    """``sampler=NAME``; whether the model takes this sampler (or guidance at all) is the model's own check."""
+
+    name: Text
+    steps: PositiveInt
+    eta: NonNegativeFloat | None = None
+    guidance_scale: Float = 1.0
+    precision: SAMPLING_PRECISIONS = "32-true"
+    sigma_max: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> "Sampler":
+        from genbench.diffusion.registry import SAMPLERS
+
+        if self.name not in SAMPLERS:
+            raise ValueError(f"sampler.name={self.name}; expected one of {', '.join(SAMPLERS)}")
+        return self
+
+
+class Hardware(Group):
+    name: Text
+    accelerator: Literal["cpu", "gpu", "cuda"]
+    devices: PositiveInt | Literal[-1] | Auto | list[NonNegativeInt]
+    num_nodes: PositiveInt = 1
+    precision: Text  # Lightning's names (16-mixed, bf16-mixed, 32-true, ...) or auto: Lightning's own check
+    strategy: Text  # Lightning's strategy registry: its own check
+    compile: Flag = False
+    channels_last: Flag = False
+    fused_optimizer: Flag = False
+
+
+class Trainer(Group):
+    """``trainer.*``: Lightning Trainer arguments genbench ships, and its own checkpoint cadence. Another Trainer
+    argument added with ``++trainer.KEY=`` is allowed (Lightning checks it) but must be a Trainer argument."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    max_epochs: Literal[-1] | PositiveInt = -1
+    max_steps: Literal[-1] = -1  # budgets stop a run (budget.*), never the Trainer
+    log_every_n_steps: PositiveInt = 25
+    enable_model_summary: Flag = False
+    num_sanity_val_steps: NonNegativeInt = 0
+    limit_val_batches: NonNegativeInt | PositiveFloat = 0
+    limit_test_batches: PositiveInt | PositiveFloat | None = None
+    gradient_clip_val: NonNegativeFloat | None = None
+    deterministic: Flag | Literal["warn"] = False
+    checkpoint_every_n_steps: PositiveInt | None = 500
+    checkpoint_every_n_minutes: PositiveFloat | None = 5
+
+
+class SampleGrid(Group):
+    every_n_steps: PositiveInt | None = 250
+    n: PositiveInt = 64
+
+
+class FID(Group):
+    every_n_steps: PositiveInt | None = None
+    every_n_minutes: PositiveFloat | None = None
+    n_samples: PositiveInt = 500
+
+
+class Callbacks(Group):
+    sample_grid: SampleGrid
+    fid: FID
+    progress_bar: dict  # a _target_ node
+
+
+class Logger(Group):
+    extra: list[dict] = []  # _target_ nodes
+
+
+class Paths(Group):
+    root_dir: PathText
+    runs_dir: PathText
+    results_dir: PathText
+    cache_dir: PathText
+    output_dir: PathText
+
+
+class Metrics(Group):
+    """``metrics.*``: what enters a score's protocol, and where and how fast it is computed (MACHINE_KEYS)."""
+
+    extractor: Text = "auto"
+    inception_weights: PathText | None = None
+    extractor_weights: PathText | None = None
+    n_samples: PositiveInt = 10000
+    reference_split: SPLITS = "test"
+    n_reference: PositiveInt | None = None
+    memorization: Flag = True
+    heldout_split: SPLITS = "test"
+    memorization_percentile: Percentile = 5.0
+    batch_size: PositiveInt | Auto = "auto"
+    kid_subsets: PositiveInt = 100
+    kid_subset_size: PositiveInt = 1000
+    isc_splits: PositiveInt = 10
+    prc_neighborhood: PositiveInt = 3
+    seed: Seed = 0
+    device: Device = "auto"
+    compile: Auto | Flag = "auto"
+    cache_dir: PathText | None = None
+
+
+class Run(Group):
+    """``python -m genbench.train``: the whole composed config."""
+
+    name: RunName
+    seed: Seed
+    resume: Literal["auto", "must", "never"]
+    evaluate: Flag
+    data: dict
+    model: dict
+    sampler: Sampler
+    trainer: Trainer
+    hardware: Hardware
+    logger: Logger
+    callbacks: Callbacks
+    paths: Paths
+    budget: Budget
+    metrics: Metrics
+
+
+class Sample(Group):
+    """``python -m genbench.sample``."""
+
+    ckpt: PathText
+    n: PositiveInt = 64
+    out: PathText
+    seed: Seed = 0
+    prompt: Text | None = None
+    labels: NonNegativeInt | list[NonNegativeInt] | None = None
+    device: Device = "auto"
+    batch_size: PositiveInt | Auto = "auto"
+    nrow: PositiveInt | None = None
+    sampler: Sampler
+
+
+class Evaluate(Group):
+    """``python -m genbench.evaluate``."""
+
+    ckpt: PathText | None = None
+    samples: PathText | None = None
+    reference: PathText | None = None
+    out: PathText | None = None
+    seed: Seed = 0
+    data: dict
+    sampler: Sampler
+    metrics: Metrics
+    paths: Paths
+
+
+class CostSampler(Group):
+    name: Text
+    eta: NonNegativeFloat | None = None
+    sigma_max: PositiveFloat | None = None
+
+
+class ReportSettings(Group):
+    device: Device = "auto"
+    seed: Seed = 0
+    figures: Flag = True
+    samples: Flag = True
+    grid_rows: PositiveInt = 6
+    ddim: Flag = True
+    ddim_steps: list[PositiveInt]
+    ddim_seeds: list[Seed]
+    ddim_fid_steps: list[PositiveInt] | None = None
+    ddim_fid_n: NonNegativeInt = 250
+    interpolation: Flag = True
+    interp_pairs: PositiveInt = 4
+    interp_steps: Annotated[int, Strict(), Ge(2)] = 10  # both ends of each interpolation
+    compute_curves: Flag = True
+    throughput: Flag = True
+    sampler_cost: Flag = True
+    cost_samplers: list[CostSampler]
+    cost_steps: list[PositiveInt]
+    cost_n: PositiveInt = 200
+    wandb: Flag = False
+    wandb_project: Text = "genbench"
+
+    @model_validator(mode="after")
+    def _lists(self) -> "ReportSettings":
+        for key in ("ddim_steps", "ddim_seeds", "cost_samplers", "cost_steps"):
+            if not getattr(self, key):
+                raise ValueError(f"report.{key}=[]; expected at least one entry")
+        return self
+
+
+class Report(Group):
+    """``python -m genbench.report``."""
+
+    sweep: PathText
+    out: PathText
+    report: ReportSettings
+    metrics: Metrics
+    paths: Paths
