@@ -213,6 +213,6 @@ def test_bad_keys_on_the_command_line_are_one_line_and_write_nothing(cli_outcome
     root, results = cli_outcomes
     assert_contract_error(results[case], *CLI_CASES[case][2])
     assert "Traceback" not in results[case].stderr
-    name = CLI_CASES[case][1][0].split("=")[-1] if case == "run_outside_runs" else case
+    name = Path(CLI_CASES[case][1][0].split("=")[-1]).name if case == "run_outside_runs" else case
     written = [p for p in root.rglob("*") if p.name in (case, name, "sample_out", "report_out")]
     assert written == [], f"{case} left {written}"
