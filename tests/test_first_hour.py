@@ -87,7 +87,7 @@ def test_quiet_lightning_silences_only_the_irrelevant():
             warnings.simplefilter("always")
             quiet_lightning()
             for message, module in [
-                ("The number of training batches (4) is smaller than the logging interval Trainer(log_every_n_steps=25).",
+                ("The number of training batches (4) is smaller than the logging interval Trainer(...).",
                  "pytorch_lightning.loops.fit_loop"),
                 ("You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.",
                  "pytorch_lightning.trainer.configuration_validator"),
