@@ -9,7 +9,8 @@ Lightning speaks through two channels, each narrowed at its source:
 - ``rank_zero_info`` logs at INFO through Lightning's rank-zero logger: the device inventory ("GPU available: False,
   used: False", "TPU available", "HPU available"), "Using bfloat16 Automatic Mixed Precision", the litlogger and
   litmodels tips, "Restoring states from the checkpoint". genbench says what matters of these itself (precision and
-  devices in run.json's ``hardware``, "resuming from ..." in the log), so that logger is raised to WARNING.
+  devices in run.json's ``hardware``, "resuming from ..." in the log), so that logger (and the CUDA accelerator's,
+  which logs the visible devices) is raised to WARNING.
 - ``rank_zero_warn`` goes through Python's warnings. Three of them do not apply to genbench by design; each is
   ignored by its message and the module that raises it, so every other Lightning warning (a GPU left unused, a slow
   data loader, ...) still shows.
@@ -20,11 +21,13 @@ from __future__ import annotations
 import logging
 import warnings
 
-# The rank-zero logger under both of Lightning's package layouts (pytorch_lightning + lightning_fabric, lightning.*).
-_RANK_ZERO_LOGGERS = tuple(
-    f"{package}.utilities.rank_zero"
-    for package in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
-)
+# The rank-zero logger under both of Lightning's package layouts (pytorch_lightning + lightning_fabric, lightning.*),
+# and the CUDA accelerator's, whose one INFO line is more device inventory ("LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]").
+_QUIET_LOGGERS = (
+    *(f"{package}.utilities.rank_zero" for package in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch",
+                                                       "lightning.fabric")),
+    "pytorch_lightning.accelerators.cuda", "lightning.pytorch.accelerators.cuda",
+)  # fmt: skip
 _PL = r"(pytorch_lightning|lightning\.pytorch)"
 # (message, module, category): message and module are regular expressions matched at the start of the warning's
 # text and of the name of the module that warns (Python's warnings filters).
@@ -42,7 +45,7 @@ _IRRELEVANT_WARNINGS = (
 
 def quiet_lightning() -> None:
     """Silence Lightning's irrelevant lines in this process (calling it again changes nothing)."""
-    for name in _RANK_ZERO_LOGGERS:
+    for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     for message, module, category in _IRRELEVANT_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
