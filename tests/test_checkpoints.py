@@ -8,14 +8,17 @@ a progress bar that ends at the budget.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import random
+import re
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import rich
 import torch
 from torch import nn
 
@@ -210,9 +213,17 @@ def test_the_progress_bar_ends_at_the_budget(tmp_path, fmnist):
     data = ImageDataModule(cache_dir=str(fmnist), subset=64, batch_size=16)
     data.setup()
     model = build_model(cfg.model, data.image_shape, data.num_classes, data.class_names)
-    budget, bar = BudgetCallback(Budget(max_steps=30)), BudgetProgressBar(refresh_rate=1)
+    screen = io.StringIO()  # a log file, not a terminal: rich draws the bar once, as it stops
+    budget = BudgetCallback(Budget(max_steps=30))
+    bar = BudgetProgressBar(refresh_rate=1, console_kwargs={"file": screen, "width": 120})
     trainer = pl.Trainer(max_epochs=-1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_model_summary=False, callbacks=[budget, bar])  # fmt: skip
-    trainer.fit(model, datamodule=data)
+    try:
+        trainer.fit(model, datamodule=data)
+    finally:
+        rich.reconfigure()  # the bar reconfigured rich's global console onto the StringIO
     assert budget.steps == 30
-    assert bar.progress.tasks[bar.train_progress_bar_id].description.endswith("budget 30/30 batches")
+    task = bar.progress.tasks[bar.train_progress_bar_id]
+    assert (task.completed, task.total, task.fields["unit"]) == (30, 30, "batches")  # one bar for the run
+    (line,) = [line for line in screen.getvalue().splitlines() if "batches" in line]
+    assert "30/30 batches" in line and re.findall(r"\d+/\d+", line) == ["30/30"], line  # not the epoch's 2/4

@@ -1,4 +1,4 @@
-"""``python -m genbench.evaluate`` as a user runs it: JSON on stdout, metrics.json on disk, contract errors.
+"""``python -m genbench.evaluate`` as a user runs it: a summary on stdout, the record on disk, contract errors.
 
 All commands run in one batch (one heavy import, see conftest.run_cli_batch), sharing the session's cache.
 """
@@ -76,7 +76,8 @@ def results(work) -> dict:
         **{family: [runs[family], "metrics.n_samples=100", *FAST, *(["sampler=ddim", "sampler.steps=3"] if family == "diffusion" else [])]
            for family in FAMILIES},
         "own": [runs["own"]],  # the run's own protocol: n_fake 60, DDIM 3 steps, from its config
-        "own_batch7": [runs["own"], "metrics.batch_size=7"],  # batch size is no part of a protocol
+        # batch size is no part of a protocol; out=: the own score's file keeps the first record, for comparison
+        "own_batch7": [runs["own"], "metrics.batch_size=7", f"out={work / 'own_batch7.json'}"],
         "own_rescore": [runs["own"], "metrics.n_samples=50"],
     }  # fmt: skip
     jobs = {name: ("evaluate", args) for name, args in jobs.items()}
@@ -89,10 +90,14 @@ def results(work) -> dict:
 
 
 def _record(result) -> dict:
-    """The one JSON object the command prints on stdout (logs and progress go to stderr)."""
+    """The record in the file the command's stdout summary names first; the summary shows its main scores."""
     assert result.returncode == 0, result.stderr[-3000:]
-    (line,) = result.stdout.strip().splitlines()
-    return json.loads(line)
+    summary = result.stdout.strip().splitlines()
+    written = [line.removeprefix("wrote ") for line in summary if line.startswith("wrote ")]
+    record = json.loads(Path(written[0]).read_text())
+    assert summary[0].startswith(f"protocol {record['protocol']}:") and len(result.stdout) < 1000, result.stdout
+    assert f"FID {record['fid']:.2f}" in summary[1] and f"recall {record['recall']:.3f}" in summary[1], summary
+    return record
 
 
 def _scores(folder: Path) -> dict[str, dict]:
@@ -151,7 +156,7 @@ def test_checkpoint_is_scored_under_its_runs_own_protocol_by_default(results, wo
     assert own["n_fake"] == 60 and own["sampler_steps"] == 3 and own["extractor"] == "fmnist_classifier"
     assert own["kid_subsets"] == 10 and own["protocol"].startswith("fmnist_classifier-n60-ddim3-")
     assert "the run's own" in results["own"].stderr and f"protocol {own['protocol']}" in results["own"].stderr
-    # The same protocol at another batch size: the same images, so the same numbers (the file is rewritten).
+    # The same protocol at another batch size: the same images, so the same numbers.
     again = _record(results["own_batch7"])
     assert again["protocol"] == own["protocol"]
     assert own["sampling_batch_size"] == 64 and again["sampling_batch_size"] == 7  # auto: fp32 sampling on a CPU

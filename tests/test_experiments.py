@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 from conftest import CONF_DIR, FAMILIES, REPO, compose_train, finish_cli, requires_fmnist, start_cli, train_run
+from test_first_hour import LIGHTNING_NOISE
 
 from genbench.training.budget import Budget
 
@@ -82,3 +83,5 @@ def test_joblib_sweep_runs_jobs_in_parallel_processes(tmp_path, fmnist):
                                   "model=gan,vae", "seed=0", f"paths.runs_dir={tmp_path}"), timeout=400)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.parent.name for p in (tmp_path / "par").rglob("run.json")) == ["model-gan+seed-0", "model-vae+seed-0"]
+    for line in LIGHTNING_NOISE:  # silenced in the jobs' own processes too (genbench/quiet.py)
+        assert line not in result.stderr + result.stdout, line

@@ -8,6 +8,7 @@ and the batch size must not matter. Bad input fails before sampling and leaves n
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,7 +139,8 @@ def test_evaluate_scores_samples_own_output(runs):
     root, _, results = runs
     result = results["score_own_output"]
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads(result.stdout.strip().splitlines()[-1])
+    written = [line.removeprefix("wrote ") for line in result.stdout.splitlines() if line.startswith("wrote ")]
+    record = json.loads(Path(written[0]).read_text())  # evaluate prints a summary; the record is in its file
     assert record["n_fake"] == N and record["extractor"] == "fmnist_classifier"
 
 

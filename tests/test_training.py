@@ -50,22 +50,30 @@ def test_max_minutes_on_the_command_line_replaces_the_default_budget(tmp_path):
 @pytest.mark.parametrize(
     "budget, spent, expected",
     [
-        (dict(max_steps=10), dict(steps=3), "Epoch 2 · budget 3/10 batches"),
-        (dict(max_images=240000), dict(images=12800), "Epoch 2 · budget 12,800/240,000 images"),
-        (dict(max_minutes=3.0), dict(train_seconds=90.0), "Epoch 2 · budget 1.5/3 min"),
+        (dict(max_steps=10), dict(steps=3), "3/10 batches"),
+        (dict(max_images=240000), dict(images=12800), "12,800/240,000 images"),
+        (dict(max_minutes=3.0), dict(train_seconds=90.0), "1.5/3 min"),
+        (dict(max_minutes=0.25), dict(train_seconds=6.0), "0.10/0.25 min"),
     ],
 )
-def test_progress_bar_tells_how_much_of_the_budget_is_spent(budget, spent, expected):
-    """Runs have max_epochs=-1 (budgets stop them); the bar's epoch line shows the budget, not "Epoch 2/-2"."""
+def test_progress_bar_counts_the_budget_in_its_own_unit(budget, spent, expected):
+    """Runs have max_epochs=-1 (budgets stop them); the training bar counts the budget, not the epoch's batches."""
+    from rich.progress import Progress
+
     from genbench.training.budget import Budget, BudgetCallback
-    from genbench.training.callbacks import BudgetProgressBar
+    from genbench.training.callbacks import BudgetProgressBar, budget_spent
 
     budget_cb = BudgetCallback(Budget(**budget))
     for key, value in spent.items():
         setattr(budget_cb, key, value)
     bar = BudgetProgressBar()
     bar._trainer = SimpleNamespace(callbacks=[budget_cb])
-    assert bar._get_train_description(2) == expected
+    completed, total, unit = budget_spent(budget_cb)
+    progress = Progress()
+    task_id = progress.add_task(bar._get_train_description(2), total=total, completed=completed, unit=unit)
+    task = progress.tasks[task_id]
+    (count,) = [c for c in bar.configure_columns(bar._trainer) if type(c).__name__ == "_SpentColumn"]
+    assert count.render(task).plain == expected and task.description == "Epoch 2"
 
 
 def test_two_budget_keys_in_a_composed_config_are_refused(tmp_path):

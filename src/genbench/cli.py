@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from genbench.errors import user_error_message
+from genbench.quiet import quiet_lightning
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # Characters a folder name keeps as they are: letters, digits and those of Hydra's unquoted override values (its
@@ -65,6 +66,7 @@ def _single_run_exits(task: Callable[[DictConfig], object]) -> Callable[[DictCon
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig):
+        quiet_lightning()  # here, in the job's own process: launchers run jobs in other processes (genbench/quiet.py)
         try:
             return task(cfg)
         except Exception as exc:  # noqa: BLE001 - filtered below

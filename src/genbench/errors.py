@@ -29,6 +29,10 @@ def user_error_message(exc: BaseException) -> str | None:
                     OmegaConfBaseException)  # fmt: skip
     seen: BaseException | None = exc
     while seen is not None:
+        if isinstance(seen, OverrideParseException):  # with how to quote the value (genbench/quoting.py)
+            from genbench.quoting import override_error
+
+            return override_error(seen)
         if isinstance(seen, user_errors_):
             text = str(seen)
             if isinstance(seen, ConfigCompositionException) and isinstance(seen.__cause__, OmegaConfBaseException):

@@ -7,13 +7,13 @@ A checkpoint is scored under its run's own protocol (the ``metrics.*`` and ``sam
 unless the command line overrides keys. The protocol id is logged before any sampling; the score goes to
 ``RUN/metrics/<protocol>.json``, and to ``RUN/metrics.json`` too when it is the run's own protocol (see
 :mod:`genbench.metrics.store`). Bare images go to ``FOLDER/metrics/<protocol>.json`` or ``X.metrics/<protocol>.json``.
-``out=FILE.json`` writes there instead (never over another protocol's score). Prints one JSON object (the record) on
-stdout; logs and progress go to stderr.
+``out=FILE.json`` writes there instead (never over another protocol's score). Prints a short summary on stdout (the
+protocol, the main scores, the files written: :mod:`genbench.metrics.summary`); the full record is in the file.
+Logs and progress go to stderr.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from genbench.errors import GenbenchError
 from genbench.schema import check_config
 from genbench.metrics import MetricsConfig, images_from_datamodule, images_from_path, plan_evaluation, score_images
 from genbench.metrics.store import check_destination, check_store, score_dir, write_score
+from genbench.metrics.summary import score_summary
 from genbench.training.record import write_json
 
 log = logging.getLogger("genbench.evaluate")
@@ -66,7 +67,7 @@ def from_checkpoint(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool
     where = out or score_dir(run_dir) / f"{protocol}.json"
     if out is not None:
         check_destination(out, protocol)
-    log.info("protocol %s (%s), written to %s", protocol,
+    log.info("protocol %s (%s), the score will go to %s", protocol,
              "the run's own: also metrics.json" if own else "not the run's own: metrics.json is left as it is",
              where)  # fmt: skip
     record = run_model_evaluation(model, plan)
@@ -107,7 +108,7 @@ def from_samples(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
     protocol = plan.protocol.id
     if out is not None:
         check_destination(out, protocol)
-    log.info("protocol %s, written to %s", protocol, out or score_dir(samples) / f"{protocol}.json")
+    log.info("protocol %s, the score will go to %s", protocol, out or score_dir(samples) / f"{protocol}.json")
     record = score_images(plan, fake) | {"samples": str(samples)}
     return record, samples, False
 
@@ -126,9 +127,10 @@ def evaluate(cfg: DictConfig) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, record)
         log.info("wrote %s", out)
+        written = [out]
     else:
-        write_score(target, record, own=own)  # logs each file it writes
-    print(json.dumps(record), flush=True)
+        written = write_score(target, record, own=own)  # logs each file it writes
+    print(score_summary(record, written), flush=True)  # the full record is in the file(s)
     return record
 
 

@@ -119,7 +119,8 @@ def sample(cfg: DictConfig) -> Path:
     nrow = nrow or (model.num_classes if labels is None and model.num_classes else 8)
     grid = grid_path(out)
     save_png(grid, make_grid(images, nrow=nrow), provenance_chunks(model.family, model.checkpoint_sha256, seed, **extra))
-    print(json.dumps({"out": str(out), "n": n, "family": model.family, "grid": str(grid), "sampler": settings}))
+    print(json.dumps({"out": str(out), "n": n, "family": model.family, "grid": str(grid), "sampler": settings},
+                     ensure_ascii=False))  # a path as the user typed it, not \u escapes
     return out
 
 

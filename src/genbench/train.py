@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -39,13 +38,6 @@ from genbench.training.slurm import cluster_hooks
 from genbench.training.wandb_media import WandbMediaCallback
 
 log = logging.getLogger("genbench.train")
-# Lightning's advertising and notes that do not apply here (we have no validation_step on purpose, and
-# load our own checkpoints) would bury the lines that matter.
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-    lambda record: not any(s in record.getMessage() for s in ("litlogger", "weights_only"))
-)
-warnings.filterwarnings("ignore", message=".*val_dataloader.*validation_step.*")
-warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 BUDGET_KEYS = ("max_steps", "max_images", "max_minutes")
 METRICS_JSON = "metrics.json"
 RUN_KEYS = ("checkpoint_every_n_steps", "checkpoint_every_n_minutes")  # ours, not Trainer arguments

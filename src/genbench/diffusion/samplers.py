@@ -10,7 +10,8 @@ Heun, DPM-Solver++) are in :mod:`genbench.diffusion.solvers`, the names the conf
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -108,13 +109,16 @@ class Sampler:
         (a ``torch.Generator``, per-image :class:`genbench.noise.IndexedNoise` streams, or None)."""
         timesteps = self.timesteps(schedule)
         alphas_cumprod = [float(a) for a in schedule.alphas_cumprod.double().cpu()[timesteps]] + [1.0]
-        x = self.solve(self.denoiser(model_fn, schedule), noise.float(), timesteps, alphas_cumprod, generator, progress)
+        with _sampling_bar(progress, len(timesteps), f"{type(self).__name__}, {len(noise)} images") as advance:
+            x = self.solve(self.denoiser(model_fn, schedule), noise.float(), timesteps, alphas_cumprod, generator,
+                           advance)  # fmt: skip
         return x.clamp(-1, 1)
 
     def solve(self, denoise: Denoiser, x: Tensor, timesteps: list[int], alphas_cumprod: list[float], generator,
-              progress: bool) -> Tensor:  # fmt: skip
-        """One ``step`` per timestep; ``alphas_cumprod[i]`` belongs to ``timesteps[i]``, and ends with 1.0 (x_0)."""
-        for i, t in enumerate(_maybe_progress(timesteps, progress, type(self).__name__)):
+              progress: Callable[[], None] | None) -> Tensor:  # fmt: skip
+        """One ``step`` per timestep; ``alphas_cumprod[i]`` belongs to ``timesteps[i]``, and ends with 1.0 (x_0).
+        ``progress``: called after each step (see :func:`_maybe_progress`), or None."""
+        for i, t in enumerate(_maybe_progress(timesteps, progress)):
             x0, eps = denoise(x, t)
             x = self.step(x, x0, eps, alphas_cumprod[i], alphas_cumprod[i + 1], generator)
         return x
@@ -177,12 +181,38 @@ class DDIMSampler(DDPMSampler):
         return f"steps={self.steps}, eta={self.eta}, sigma_max={self.sigma_max}, clip_denoised={self.clip_denoised}"
 
 
-def _maybe_progress(timesteps: list[int], progress: bool, name: str) -> Iterable[int]:
-    if not progress:
-        return timesteps
-    from rich.progress import track
+@contextmanager
+def _sampling_bar(enabled: bool, total: int, description: str) -> Iterator[Callable[[], None] | None]:
+    """A rich bar of ``total`` steps on stderr (stdout may carry a command's result), or None when not ``enabled``;
+    yields the function that advances it by one step.
 
-    return track(timesteps, description=f"{name} sampling", total=len(timesteps))
+    The bar is set to its total when the solver returns: a solver may return from inside its loop (DPM-Solver++
+    returns its x_0 estimate on the last step), so a bar advanced after each step alone stopped one short (19/20).
+    A solver that raises leaves the bar where it stopped.
+    """
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)  # fmt: skip
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+        bar.update(task, completed=total)
+
+
+def _maybe_progress(timesteps: list[int], advance: Callable[[], None] | None) -> Iterable[int]:
+    """``timesteps``, calling ``advance`` (from :func:`_sampling_bar`) after each step is done."""
+    if advance is None:
+        yield from timesteps
+        return
+    for t in timesteps:
+        yield t
+        advance()
 
 
 def guided(model: Callable[..., Tensor], labels: Tensor, null_label: int, guidance_scale: float) -> ModelFn:

@@ -30,7 +30,7 @@ class EulerSampler(Sampler):
     """Karras et al. 2022 Algorithm 1 without its second-order correction: one network evaluation per step."""
 
     def solve(self, denoise: Denoiser, x: Tensor, timesteps, alphas_cumprod, generator, progress) -> Tensor:
-        for i, t in enumerate(_maybe_progress(timesteps, progress, type(self).__name__)):
+        for i, t in enumerate(_maybe_progress(timesteps, progress)):
             ab, ab_next = alphas_cumprod[i], alphas_cumprod[i + 1]
             sigma, sigma_next = _sigma(ab), _sigma(ab_next)
             x0, _ = denoise(x, t)
@@ -50,7 +50,7 @@ class HeunSampler(Sampler):
         return 2 * self.steps - 1
 
     def solve(self, denoise: Denoiser, x: Tensor, timesteps, alphas_cumprod, generator, progress) -> Tensor:
-        for i, t in enumerate(_maybe_progress(timesteps, progress, type(self).__name__)):
+        for i, t in enumerate(_maybe_progress(timesteps, progress)):
             ab, ab_next = alphas_cumprod[i], alphas_cumprod[i + 1]
             sigma, sigma_next = _sigma(ab), _sigma(ab_next)
             x0, _ = denoise(x, t)
@@ -74,7 +74,7 @@ class DPMSolverPP2MSampler(Sampler):
 
     def solve(self, denoise: Denoiser, x: Tensor, timesteps, alphas_cumprod, generator, progress) -> Tensor:
         x0_prev, h_prev = None, None
-        for i, t in enumerate(_maybe_progress(timesteps, progress, type(self).__name__)):
+        for i, t in enumerate(_maybe_progress(timesteps, progress)):
             ab, ab_next = alphas_cumprod[i], alphas_cumprod[i + 1]
             x0, _ = denoise(x, t)
             if ab_next >= 1:

@@ -58,6 +58,7 @@ class GenerativeModule(pl.LightningModule):
         self.run_meta: dict | None = None  # resolved config and data facts, stored in every checkpoint
         self.checkpoint_sha256: str | None = None
         self._first_bad_step: dict[str, torch.Tensor] = {}
+        self._unlogged: tuple[int, int, dict[str, torch.Tensor]] | None = None  # see log_final_losses
         self._rng_to_restore: dict | None = None
 
     # ------------------------------------------------------------------ EMA
@@ -83,6 +84,7 @@ class GenerativeModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         self.raise_if_diverged()
+        self.log_final_losses()
 
     def global_step_count(self) -> int:
         """Training batches so far; unlike ``global_step`` it does not count each optimizer of a GAN."""
@@ -134,6 +136,24 @@ class GenerativeModule(pl.LightningModule):
             self._first_bad_step[name] = torch.where((first < 0) & ~torch.isfinite(value), step, first)
             if written:
                 self.log(f"train/{name}", value.float(), on_step=True, on_epoch=False)
+        self._unlogged = None if written else (done, self.current_epoch, {k: v.detach() for k, v in losses.items()})
+
+    def log_final_losses(self) -> None:
+        """The last batch's losses to the loggers, when that batch was not a logging step.
+
+        The budget decides that a batch was the last only after its training step, so the step's own test above
+        cannot see it: without this, metrics.csv would stop up to ``log_every_n_steps - 1`` batches before the run
+        did, and a run shorter than that would have none. (Lightning forbids ``self.log`` in ``on_train_end``; the
+        row is given to the loggers as Lightning gives its own, with the epoch.)
+        """
+        if self._unlogged is None or self._trainer is None:
+            return
+        step, epoch, losses = self._unlogged
+        self._unlogged = None
+        metrics = {f"train/{name}": float(value) for name, value in losses.items()} | {"epoch": epoch}
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            logger.save()
 
     def raise_if_diverged(self) -> None:
         for name, first in self._first_bad_step.items():

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import RichProgressBar
+from pytorch_lightning.callbacks.progress.rich_progress import BatchesProcessedColumn, ProcessingSpeedColumn
+from rich.text import Text
 
 from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
 from genbench.noise import IndexedNoise
@@ -101,36 +103,102 @@ class SampleGridCallback(pl.Callback):
                 self.save(pl_module)
 
 
-class BudgetProgressBar(RichProgressBar):
-    """Lightning's rich progress bar, its epoch line telling how much of the budget is spent.
+class _SpentColumn(BatchesProcessedColumn):
+    """The training bar's count in the budget's unit ("300/300 batches", "1.5/2 min"); other bars' as Lightning's."""
 
-    Runs train with ``max_epochs=-1`` because budgets stop them, so the stock line reads "Epoch 3/-2".
-    Lightning has no public hook for that line; ``_get_train_description`` is where the rich bar builds it, once
-    per epoch, so the line is also redrawn after every batch (else the last epoch's start is what stays on screen).
+    def render(self, task) -> Text:
+        unit = task.fields.get("unit")
+        if unit is None:
+            return super().render(task)
+        if unit == "min":  # as many decimals as the budget has (at least one): 1.5/2 min, 0.01/0.01 min
+            decimals = max(1, len(f"{task.total:g}".partition(".")[2]))
+            return Text(f"{task.completed:.{decimals}f}/{task.total:g} min", style=self.style)
+        return Text(f"{int(task.completed):,}/{int(task.total):,} {unit}", style=self.style)
+
+
+class _SpeedColumn(ProcessingSpeedColumn):
+    """Batches or images per second for the training bar (a time budget's speed would be minutes per second)."""
+
+    def render(self, task) -> Text:
+        unit = task.fields.get("unit")
+        if unit is None:
+            return super().render(task)
+        if unit == "min" or task.speed is None:
+            return Text("")
+        return Text(f"{task.speed:,.1f} {'img' if unit == 'images' else 'it'}/s", style=self.style)
+
+
+def budget_spent(budget: BudgetCallback) -> tuple[float, float, str]:
+    """(spent, total, unit) of the budget: batches, images, or minutes of training time."""
+    b = budget.budget
+    if b.max_steps is not None:
+        return budget.steps, b.max_steps, "batches"
+    if b.max_images is not None:
+        return budget.images, b.max_images, "images"
+    return budget.train_seconds / 60, b.max_minutes, "min"
+
+
+class BudgetProgressBar(RichProgressBar):
+    """Lightning's rich progress bar with one training bar for the whole run, counted in the budget's own unit.
+
+    Runs train with ``max_epochs=-1`` because budgets stop them, so the stock bar (the current epoch's batches,
+    "Epoch 3/-2") ends wherever in an epoch the budget ran out: a finished run read "4/8". Here the training bar's
+    total is the budget (batches, images or minutes) and its count what :class:`BudgetCallback` has spent, carried
+    across a resume, set once more when training ends: a finished run reads "300/300 batches" on a full bar.
+    Lightning has no public hook for the training bar; it is built in ``_initialize_train_progress_bar_id`` and
+    reset each epoch in ``on_train_epoch_start``, which are overridden here. Other bars (the VAE's test split) are
+    Lightning's.
     """
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        # At the bar's own refresh rate, and on the batch that spends the budget: a redraw per batch costs a GAN
-        # step's worth of time every few dozen batches on a CPU.
-        due = (batch_idx + 1) % max(self.refresh_rate, 1) == 0 or trainer.should_stop
-        if due and self.is_enabled and self.progress is not None and self.train_progress_bar_id is not None:
+    def _budget(self) -> BudgetCallback | None:
+        return next((cb for cb in self.trainer.callbacks if isinstance(cb, BudgetCallback)), None)
+
+    def configure_columns(self, trainer) -> list:
+        replace = {BatchesProcessedColumn: _SpentColumn, ProcessingSpeedColumn: _SpeedColumn}
+        return [replace[type(c)](c.style) if type(c) in replace else c for c in super().configure_columns(trainer)]
+
+    def _initialize_train_progress_bar_id(self) -> None:
+        budget = self._budget()
+        if budget is None:
+            return super()._initialize_train_progress_bar_id()
+        spent, total, unit = budget_spent(budget)
+        description = self._get_train_description(self.trainer.current_epoch)
+        self.train_progress_bar_id = self.progress.add_task(
+            f"[{self.theme.description}]{description}" if self.theme.description else description,
+            total=total, completed=spent, unit=unit,
+        )  # fmt: skip
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self._budget() is None:
+            return super().on_train_epoch_start(trainer, pl_module)
+        if self.is_disabled or self.progress is None:
+            return
+        if self.train_progress_bar_id is None:  # one bar for the run: later epochs only rename it
+            self._initialize_train_progress_bar_id()
+        else:
             description = self._get_train_description(trainer.current_epoch)
             if self.theme.description:
                 description = f"[{self.theme.description}]{description}"
             self.progress.update(self.train_progress_bar_id, description=description)
-            if trainer.should_stop:
-                self.refresh()
+        self.refresh()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        budget = self._budget()
+        if budget is None:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not self.is_disabled and self.train_progress_bar_id is None:  # resumed mid-epoch
+            self._initialize_train_progress_bar_id()
+        self._update(self.train_progress_bar_id, budget_spent(budget)[0])
+        self._update_metrics(trainer, pl_module)
+        self.refresh()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # The final count (a time budget's last tick included), drawn now: the refresh thread draws at its own
+        # rate, and the bar stops before the VAE's test bar starts.
+        if (budget := self._budget()) is not None:
+            self._update(self.train_progress_bar_id, budget_spent(budget)[0], hard=True)
 
     def _get_train_description(self, current_epoch: int) -> str:
-        budget = next((cb for cb in self.trainer.callbacks if isinstance(cb, BudgetCallback)), None)
-        if budget is None:
+        if self._budget() is None:
             return super()._get_train_description(current_epoch)
-        b = budget.budget
-        if b.max_steps is not None:
-            spent = f"{budget.steps:,}/{b.max_steps:,} batches"
-        elif b.max_images is not None:
-            spent = f"{budget.images:,}/{b.max_images:,} images"
-        else:
-            spent = f"{budget.train_seconds / 60:.1f}/{b.max_minutes:g} min"
-        return f"Epoch {current_epoch} · budget {spent}"
+        return f"Epoch {current_epoch}"
