@@ -161,6 +161,18 @@ def finished_record(cfg: DictConfig, run_dir: Path, budget: Budget) -> dict | No
     return record if spent.exhausted() and scored else None
 
 
+def diverged_message(exc: Diverged, record: dict, run_dir: Path) -> str:
+    """The command's last line: what went bad at which step, where training stopped, and what was kept.
+
+    The loss is checked every ``trainer.log_every_n_steps`` batches (one host sync each), so training may have gone
+    past the step that went bad; both steps are named, as run.json records them (``diverged_at_step``, ``steps``).
+    """
+    last = run_dir / "checkpoints" / "last.ckpt"
+    kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been saved before it"
+    return (f"{exc}; training stopped at step {record.get('steps')} (run.json: status diverged, diverged_at_step "
+            f"{exc.step}); {kept}")  # fmt: skip
+
+
 def train(cfg: DictConfig) -> dict:
     """Checks, then the run folder claimed (one process at a time, one training config), then :func:`fit`."""
     composed = copy.deepcopy(cfg)  # as Hydra composed it, for .hydra/config.yaml
@@ -224,8 +236,8 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
         # the final state; refused (Diverged) for non-finite weights, which leaves the last good checkpoint
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     except Diverged as exc:
-        record_cb.finish(trainer, model, "diverged", str(exc))
-        raise
+        record = record_cb.finish(trainer, model, "diverged", str(exc), diverged_at_step=exc.step)
+        raise Diverged(diverged_message(exc, record, run_dir), exc.step) from exc
     except BaseException as exc:  # before training started, an existing record stays as it was
         record_cb.finish(trainer, model, "failed", f"{type(exc).__name__}: {exc}")
         raise

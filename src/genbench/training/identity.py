@@ -21,6 +21,8 @@ Keys that do **not** shape training:
 - Which machine and how fast: ``hardware.name``, ``hardware.accelerator`` and the speed switches
   ``hardware.compile``, ``hardware.channels_last``, ``hardware.fused_optimizer`` (they change floating-point
   rounding, not what is computed; ``model.compile`` is where older runs kept ``hardware.compile``).
+- When a run counts as diverged: ``model.loss_limit`` (the GAN's bound on its loss terms) stops a run, it does not
+  change what the run computes before that.
 
 Everything else shapes training: ``seed``, ``model.*`` (architecture, loss, optimizers, EMA, ...), ``data.*``
 (source, name, image size, channels, resize, subset, val_size, batch_size, flip, seed), the trainer's numerics
@@ -50,7 +52,7 @@ NOT_TRAINING_KEYS = frozenset({
     "trainer.limit_test_batches",
     "data.cache_dir", "data.num_workers", "data.on_device",
     "hardware.name", "hardware.accelerator", "hardware.compile", "hardware.channels_last", "hardware.fused_optimizer",
-    "model.compile",
+    "model.compile", "model.loss_limit",
 })  # fmt: skip
 ABSENT = "(absent)"
 IMPLIED = {"hardware.num_nodes": 1}  # the value a key added later had before it existed
