@@ -22,7 +22,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from genbench.cli import hydra_entry
 from genbench.data.order import rank_share
 from genbench.errors import GenbenchError
-from genbench.metrics.config import check_metrics
+from genbench.metrics.config import check_counts, check_metrics
 from genbench.metrics.evaluator import as_sampler_kwargs
 from genbench.metrics.store import write_score
 from genbench.models import Diverged, build_model, file_sha256
@@ -30,7 +30,7 @@ from genbench.training.budget import Budget, BudgetCallback
 from genbench.training.callbacks import RunRecordCallback, SampleGridCallback
 from genbench.training.checkpoint_io import AtomicCheckpointIO, PeriodicCheckpoint, readable_checkpoint
 from genbench.training.csv_logger import RunCSVLogger
-from genbench.training.identity import check_same_training
+from genbench.training.identity import check_checkpoint_belongs, check_same_training, checkpoint_config
 from genbench.training.preflight import check_train_config
 from genbench.training.record import RUN_JSON, git_commit, read_json
 from genbench.training.run_folder import RunFolder
@@ -69,6 +69,8 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
         found = readable_checkpoint(run_dir / "checkpoints")
         if found is None and cfg.resume == "must":
             raise GenbenchError(f"resume=must but {run_dir / 'checkpoints' / 'last.ckpt'} does not exist")
+        if found is not None:  # another run's checkpoint put here would fail to load after the folder is rewritten
+            check_checkpoint_belongs(found, checkpoint_config(found), run_dir, OmegaConf.to_container(cfg, resolve=True))
         return found
     if cfg.resume == "never":
         if (run_dir / RUN_JSON).exists():
@@ -129,7 +131,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, model) -> pl.
 def preflight(cfg: DictConfig) -> Budget:
     """Every check that needs nothing loaded, built or written: bad input ends here (training/preflight.py)."""
     check_train_config(cfg)
-    check_metrics(cfg.metrics)  # metrics.* (the extractor's name too) fail now, not after training
+    metrics = check_metrics(cfg.metrics)  # metrics.* (the extractor's name too) fail now, not after training
+    if cfg.evaluate:  # counts the score cannot work with, as far as the config tells them before the data loads
+        check_counts(metrics, metrics.n_reference, metrics.n_samples)
     _require_positive_int(cfg.hardware.get("num_nodes", 1), "hardware.num_nodes")
     if "spawn" in str(cfg.hardware.strategy):
         # The spawn launcher pickles the model into each new process; torch refuses to pickle parametrized modules

@@ -122,6 +122,8 @@ class FIDCallback(pl.Callback):
         with budget.paused() if budget is not None else nullcontext():
             if self.extractor is None:
                 self._prepare(trainer, pl_module)
+            # NaN weights would fail the sampling's own check as a plain error; said first as what it is
+            pl_module.raise_if_diverged()
             was_training = pl_module.training
             pl_module.eval()
             try:
