@@ -87,7 +87,7 @@ def from_samples(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
     samples = Path(cfg.samples).expanduser().resolve()
     if out is None:
         check_store(samples)
-    fake, conversions = load_images(samples)  # logged there; recorded in the score and, where it matters, its protocol
+    fake, conversions = load_images(samples)  # logged, recorded in the score and, where it matters, in its protocol
     check_not_constant(fake, str(samples))  # said before any reference is loaded (score_images checks it again)
     if len(fake) > config.n_samples:
         log.info("scoring the first %d of %d images in %s (metrics.n_samples)", config.n_samples, len(fake), samples)

@@ -6,7 +6,6 @@ with the family, checkpoint hash and seed, so a sample that leaves the run folde
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from genbench.errors import GenbenchError
 
-log = logging.getLogger(__name__)
 PNG_SUFFIXES = {".png"}
 
 
@@ -159,7 +157,8 @@ def _read_png(path: Path) -> tuple[np.ndarray, list[Conversion]]:
 
 def load_images(path: str | Path) -> tuple[torch.Tensor, list[Conversion]]:
     """uint8 (N, C, H, W) from a folder of PNGs or an .npz with ``images`` (N, H, W[, C]) uint8, and the
-    conversions that reading the PNGs needed (each with the number of files it applied to), logged here."""
+    conversions that reading the PNGs needed (each with the number of files it applied to; the evaluator logs them
+    and records them in the score)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise GenbenchError(f"{path} does not exist (expected a folder of PNGs or an .npz holding 'images')")
@@ -176,8 +175,6 @@ def load_images(path: str | Path) -> tuple[torch.Tensor, list[Conversion]]:
             arrays.append(array)
             counts.update(conversions)
         conversions = [Conversion(f"{c.what}: {n} of {len(files)} files", c.changes_score) for c, n in counts.items()]
-        for conversion in conversions:
-            log.warning("%s: %s", path, conversion.what)
         return _stack(arrays, str(path)), conversions
     if path.suffix == ".npz":
         try:
