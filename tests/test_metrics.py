@@ -209,6 +209,7 @@ class _StubModel(torch.nn.Module):
     def __init__(self, images: torch.Tensor):
         super().__init__()
         self.images, self.num_classes, self.calls = images, 10, []
+        self.image_shape = tuple(images.shape[1:])
 
     def sampler_settings(self, sampler):
         return dict(sampler or {}) or None  # takes whatever sampler it is given

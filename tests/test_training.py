@@ -153,11 +153,12 @@ def test_nan_between_checks_is_caught_at_the_end_with_its_step(tmp_path, monkeyp
         return loss * math.nan if len(calls) > 2 else loss
 
     monkeypatch.setattr(genbench.models.diffusion, "diffusion_loss", nan_from_step_2)
-    with pytest.raises(Diverged, match=r"diffusion: loss term 'loss' became non-finite at step 2$"):
+    with pytest.raises(Diverged, match=r"diffusion: loss term 'loss' became non-finite at step 3; training stopped "
+                                       r"at step 4 \(run.json: status diverged, diverged_at_step 3\)"):
         train_run(tmp_path / "run", "diffusion", "budget.max_steps=4", "trainer.log_every_n_steps=25")
-    record = read_record(tmp_path / "run")
-    assert record["status"] == "diverged" and record["steps"] == 4
-    assert record["stop_reason"] == "diffusion: loss term 'loss' became non-finite at step 2"
+    record = read_record(tmp_path / "run")  # the third batch's loss went NaN; the check at the end found it
+    assert record["status"] == "diverged" and record["steps"] == 4 and record["diverged_at_step"] == 3
+    assert record["stop_reason"] == "diffusion: loss term 'loss' became non-finite at step 3"
 
 
 # ---------------------------------------------------------------------- GPU

@@ -26,6 +26,7 @@ from genbench.schema import check_config
 from genbench.metrics import MetricsConfig, images_from_datamodule, images_from_path, plan_evaluation, score_images
 from genbench.metrics.store import check_destination, check_store, score_dir, write_score
 from genbench.metrics.summary import score_summary
+from genbench.training.identity import check_checkpoint_belongs
 from genbench.training.record import write_json
 
 log = logging.getLogger("genbench.evaluate")
@@ -57,6 +58,8 @@ def from_checkpoint(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool
     if out is None:
         check_store(run_dir)
     model, run_cfg = load_checkpoint(ckpt, map_location="cpu")
+    # a checkpoint put into another run's folder would be scored into that run's metrics/
+    check_checkpoint_belongs(ckpt, OmegaConf.to_container(run_cfg), run_dir)
     config = metrics_for_run(run_cfg.get("metrics"), cfg.metrics)
     settings = sampler_for_run(model, run_cfg.get("sampler"), cfg.sampler)
     own = is_own_protocol(model, run_cfg, config, settings)
@@ -77,7 +80,7 @@ def from_checkpoint(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool
 
 def from_samples(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
     """The record of bare images, their folder or .npz, and False (they have no protocol of their own)."""
-    from genbench.imageio import load_images
+    from genbench.imageio import check_not_constant, load_images
     from genbench.metrics.settings import given
 
     if given("sampler"):
@@ -86,7 +89,8 @@ def from_samples(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
     samples = Path(cfg.samples).expanduser().resolve()
     if out is None:
         check_store(samples)
-    fake = load_images(samples)
+    fake, conversions = load_images(samples)  # logged, recorded in the score and, where it matters, in its protocol
+    check_not_constant(fake, str(samples))  # said before any reference is loaded (score_images checks it again)
     if len(fake) > config.n_samples:
         log.info("scoring the first %d of %d images in %s (metrics.n_samples)", config.n_samples, len(fake), samples)
         fake = fake[: config.n_samples]
@@ -95,7 +99,8 @@ def from_samples(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
                     config.n_samples)  # fmt: skip
     if cfg.reference is not None:
         # No training set is known for bare images, so memorization stays null.
-        plan = plan_evaluation(config, images_from_path(cfg.reference), len(fake))
+        plan = plan_evaluation(config, images_from_path(cfg.reference), len(fake), fake_shape=fake.shape[1:],
+                               fake_conversions=conversions)  # fmt: skip
     else:
         datamodule = _datamodule(cfg.data)
         plan = plan_evaluation(
@@ -104,6 +109,8 @@ def from_samples(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
             len(fake),
             train=images_from_datamodule(datamodule, "train"),
             heldout=images_from_datamodule(datamodule, config.heldout_split),
+            fake_shape=fake.shape[1:],
+            fake_conversions=conversions,
         )
     protocol = plan.protocol.id
     if out is not None:

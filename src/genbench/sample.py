@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from genbench.cli import hydra_entry
 from genbench.errors import GenbenchError
-from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
+from genbench.imageio import check_finite, check_not_constant, make_grid, provenance_chunks, save_png, to_uint8
 from genbench.noise import IndexedNoise
 from genbench.schema import check_config
 
@@ -102,8 +102,11 @@ def sample(cfg: DictConfig) -> Path:
         size = min(batch_size, n - start)
         part = None if labels is None else labels[start : start + size]
         noise = IndexedNoise.range(seed, start, size, device)
-        batches.append(to_uint8(model.sample(size, labels=part, generator=noise, progress=True, **(settings or {}))))
+        images = model.sample(size, labels=part, generator=noise, progress=True, **(settings or {}))
+        check_finite(images, f"the {model.family} model's samples {start}-{start + size - 1}")
+        batches.append(to_uint8(images))
     images = torch.cat(batches)
+    check_not_constant(images, f"the {model.family} model's {n} samples")  # before anything is written
 
     extra = {} if settings is None else {"sampler": settings["sampler"], "sampler_steps": settings["steps"]}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from genbench.cli import hydra_entry
 from genbench.data.order import rank_share
 from genbench.errors import GenbenchError
-from genbench.metrics.config import check_metrics
+from genbench.metrics.config import check_counts, check_metrics
 from genbench.metrics.evaluator import as_sampler_kwargs
 from genbench.metrics.store import write_score
 from genbench.models import Diverged, build_model, file_sha256
@@ -29,7 +29,7 @@ from genbench.training.budget import Budget, BudgetCallback
 from genbench.training.callbacks import RunRecordCallback, SampleGridCallback
 from genbench.training.checkpoint_io import AtomicCheckpointIO, PeriodicCheckpoint, readable_checkpoint
 from genbench.training.csv_logger import RunCSVLogger
-from genbench.training.identity import check_same_training
+from genbench.training.identity import check_checkpoint_belongs, check_same_training, checkpoint_config
 from genbench.training.preflight import check_train_config
 from genbench.training.record import RUN_JSON, git_commit, read_json
 from genbench.training.run_folder import RunFolder
@@ -61,6 +61,8 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
         found = readable_checkpoint(run_dir / "checkpoints")
         if found is None and cfg.resume == "must":
             raise GenbenchError(f"resume=must but {run_dir / 'checkpoints' / 'last.ckpt'} does not exist")
+        if found is not None:  # another run's checkpoint put here would fail to load after the folder is rewritten
+            check_checkpoint_belongs(found, checkpoint_config(found), run_dir, OmegaConf.to_container(cfg, resolve=True))
         return found
     if cfg.resume == "never":
         if (run_dir / RUN_JSON).exists():
@@ -121,7 +123,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, model) -> pl.
 def preflight(cfg: DictConfig) -> Budget:
     """Every check that needs nothing loaded, built or written: bad input ends here (training/preflight.py)."""
     check_train_config(cfg)
-    check_metrics(cfg.metrics)  # metrics.* (the extractor's name too) fail now, not after training
+    metrics = check_metrics(cfg.metrics)  # metrics.* (the extractor's name too) fail now, not after training
+    if cfg.evaluate:  # counts the score cannot work with, as far as the config tells them before the data loads
+        check_counts(metrics, metrics.n_reference, metrics.n_samples)
     if "spawn" in str(cfg.hardware.strategy):
         # The spawn launcher pickles the model into each new process; torch refuses to pickle parametrized modules
         # (the GAN's spectral norm), so only some families would run. One launcher that works for all instead.
@@ -145,6 +149,18 @@ def finished_record(cfg: DictConfig, run_dir: Path, budget: Budget) -> dict | No
                            "train_seconds": record.get("train_seconds", 0.0)})  # fmt: skip
     scored = not cfg.evaluate or (run_dir / METRICS_JSON).exists()
     return record if spent.exhausted() and scored else None
+
+
+def diverged_message(exc: Diverged, record: dict, run_dir: Path) -> str:
+    """The command's last line: what went bad at which step, where training stopped, and what was kept.
+
+    The loss is checked every ``trainer.log_every_n_steps`` batches (one host sync each), so training may have gone
+    past the step that went bad; both steps are named, as run.json records them (``diverged_at_step``, ``steps``).
+    """
+    last = run_dir / "checkpoints" / "last.ckpt"
+    kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been saved before it"
+    return (f"{exc}; training stopped at step {record.get('steps')} (run.json: status diverged, diverged_at_step "
+            f"{exc.step}); {kept}")  # fmt: skip
 
 
 def train(cfg: DictConfig) -> dict:
@@ -210,8 +226,8 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
         # the final state; refused (Diverged) for non-finite weights, which leaves the last good checkpoint
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     except Diverged as exc:
-        record_cb.finish(trainer, model, "diverged", str(exc))
-        raise
+        record = record_cb.finish(trainer, model, "diverged", str(exc), diverged_at_step=exc.step)
+        raise Diverged(diverged_message(exc, record, run_dir), exc.step) from exc
     except BaseException as exc:  # before training started, an existing record stays as it was
         record_cb.finish(trainer, model, "failed", f"{type(exc).__name__}: {exc}")
         raise

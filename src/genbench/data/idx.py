@@ -77,4 +77,8 @@ def load_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     labels = read_idx(root / label_file)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise GenbenchError(f"{root}: {split} images {images.shape} and labels {labels.shape} do not match")
+    bad = np.flatnonzero(labels >= len(CLASS_NAMES))
+    if len(bad):
+        raise GenbenchError(f"{root / label_file}: label {int(labels[bad[0]])} at index {int(bad[0])} ({len(bad)} such); "
+                            f"expected class ids 0-{len(CLASS_NAMES) - 1} ({', '.join(CLASS_NAMES)})")  # fmt: skip
     return images, labels

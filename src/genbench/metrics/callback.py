@@ -32,6 +32,7 @@ from genbench.metrics.evaluator import (
 )
 from genbench.metrics.extractors import Extractor, build_extractor
 from genbench.metrics.fidelity import fid
+from genbench.models.base import GenerativeModule
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class FIDCallback(pl.Callback):
         with budget.paused() if budget is not None else nullcontext():
             if self.extractor is None:
                 self._prepare(trainer, pl_module)
+            if isinstance(pl_module, GenerativeModule):  # NaN weights fail sampling's own check; said as what it is
+                pl_module.raise_if_diverged()
             was_training = pl_module.training
             pl_module.eval()
             try:

@@ -101,3 +101,23 @@ def fastest_sampling_batch(device: torch.device, sampler: dict | None = None) ->
 def check_metrics(cfg_metrics) -> MetricsConfig:
     """One call for a command's preflight: ``metrics.*`` is usable, or a one-line :class:`GenbenchError`."""
     return MetricsConfig.from_cfg(cfg_metrics)
+
+
+def check_counts(config: MetricsConfig, n_real: int | None, n_fake: int) -> None:
+    """Settings that must fit the numbers of images, checked before any image is sampled: a metric with too few
+    images would otherwise fail after all the sampling (precision/recall's ``kthvalue``), or mean nothing.
+
+    ``n_real``: reference images (None: not known yet, checked once the reference is named). Precision/recall needs
+    each image's ``metrics.prc_neighborhood``-th nearest other image in both sets, and every metric at least
+    :data:`~genbench.metrics.fidelity.MIN_IMAGES` of each; KID's subset size and IS's splits adapt to the counts.
+    """
+    from genbench.metrics.fidelity import MIN_IMAGES
+
+    k = config.prc_neighborhood
+    need = max(MIN_IMAGES, k + 2)  # fidelity.score's own rule
+    for count, what, key in ((n_fake, "generated", "metrics.n_samples"), (n_real, "reference", "metrics.n_reference")):
+        if count is not None and count < need:
+            raise GenbenchError(f"{count} {what} images ({key}) are too few to score: every metric needs at least "
+                                f"{MIN_IMAGES}, and precision/recall with metrics.prc_neighborhood={k} (each image's "
+                                f"k-th nearest neighbour) needs at least {k + 2}; give more images or a smaller "
+                                "metrics.prc_neighborhood")  # fmt: skip

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,8 +24,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from genbench.errors import GenbenchError
+from genbench.imageio import Conversion, check_not_constant
 from genbench.metrics.cache import FeatureCache
-from genbench.metrics.config import SPLITS, MetricsConfig
+from genbench.metrics.config import SPLITS, MetricsConfig, check_counts
 from genbench.metrics.extractors import FEATURE_BATCH, Extractor, build_extractor
 from genbench.metrics.fidelity import knn_radii, score
 from genbench.metrics.memorization import memorization, nearest_distances
@@ -49,6 +50,8 @@ class ImageSet:
     load: Callable[[], torch.Tensor]
     cache_fields: dict | None = None
     count: int | None = None  # images it holds (known without loading them)
+    shape: tuple[int, ...] | None = None  # (C, H, W) of each image, when known without loading them
+    conversions: list[Conversion] = field(default_factory=list)  # what reading the files changed
 
 
 def images_from_tensor(images: torch.Tensor, description: str = "tensor") -> ImageSet:
@@ -57,16 +60,18 @@ def images_from_tensor(images: torch.Tensor, description: str = "tensor") -> Ima
         raise GenbenchError(f"expected uint8 images (N, C, H, W), got {getattr(images, 'dtype', type(images))}")
     digest = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
     fields_ = {"content_sha256": digest, "shape": list(images.shape)}
-    return ImageSet(description, int(images.shape[1]), lambda: images, fields_, len(images))
+    return ImageSet(description, int(images.shape[1]), lambda: images, fields_, len(images), tuple(images.shape[1:]))
 
 
 def images_from_path(path: str | Path) -> ImageSet:
-    """A folder of PNGs or an .npz holding ``images``."""
+    """A folder of PNGs or an .npz holding ``images``, with what reading them changed."""
     from genbench.imageio import load_images
 
     path = Path(path).expanduser().resolve()
-    images = load_images(path)
-    return images_from_tensor(images, str(path))
+    images, conversions = load_images(path)
+    image_set = images_from_tensor(images, str(path))
+    image_set.conversions = conversions
+    return image_set
 
 
 def images_from_datamodule(datamodule, split: str, n: int | None = None) -> ImageSet:
@@ -74,7 +79,8 @@ def images_from_datamodule(datamodule, split: str, n: int | None = None) -> Imag
     if split not in SPLITS:
         raise GenbenchError(f"split '{split}' is not one of {', '.join(SPLITS)}")
     channels = datamodule.channels  # first: sets the data module up, which gives it its fingerprint
-    count = len(datamodule.images(split))  # guards against split settings the fingerprint may not cover
+    split_images = datamodule.images(split)
+    count = len(split_images)  # guards against split settings the fingerprint may not cover
     if n is not None and n > count:
         raise GenbenchError(f"asked for {n} {split} images as reference, the split holds {count}")
 
@@ -89,7 +95,7 @@ def images_from_datamodule(datamodule, split: str, n: int | None = None) -> Imag
     fields_ = {"data": fingerprint, "split": split, "n": n, "count": count, "image_size": datamodule.image_size}
     fields_ = fields_ if fingerprint else None
     description = f"{split} split ({fingerprint or 'unfingerprinted data'})"
-    return ImageSet(description, channels, load, fields_, count if n is None else n)
+    return ImageSet(description, channels, load, fields_, count if n is None else n, tuple(split_images.shape[1:]))
 
 
 def progress_bar() -> Progress:
@@ -187,6 +193,8 @@ class Plan:
     train: ImageSet | None = None
     heldout: ImageSet | None = None
     protocol: Protocol | None = None
+    fake_shape: tuple[int, ...] | None = None  # (C, H, W) of the generated images, when known before scoring
+    conversions: list[Conversion] = field(default_factory=list)  # what was changed to score them (see plan_evaluation)
 
     @property
     def memorization(self) -> bool:
@@ -207,22 +215,49 @@ def plan_evaluation(
     sampler: dict | None = None,
     train: ImageSet | torch.Tensor | None = None,
     heldout: ImageSet | torch.Tensor | None = None,
+    fake_shape: tuple[int, ...] | None = None,
+    fake_conversions: list[Conversion] | None = None,
 ) -> Plan:
-    """Check the settings, build the extractor and name the protocol of scoring ``n_fake`` images."""
+    """Check the settings, build the extractor and name the protocol of scoring ``n_fake`` images.
+
+    ``fake_shape``: the generated images' (C, H, W); ``fake_conversions``: what reading them from files changed.
+    Both, with what reading the reference changed, make the plan's ``conversions`` (see :func:`conversions`)."""
     config = MetricsConfig.from_cfg(cfg_metrics)
     reference, train, heldout = _as_set(reference, "reference"), _as_set(train, "train"), _as_set(heldout, "heldout")
+    n_real = reference.count if reference.count is not None else len(reference.load())
+    check_counts(config, n_real, int(n_fake))  # before any image is sampled or scored
     extractor = build_extractor(
         config.extractor, reference.channels, config.torch_device(), config.inception_weights, config.extractor_weights
     )
     log.info("extractor %s (weights sha256 %s...) on %s", extractor.name, extractor.weights_sha256[:12], extractor.device)
-    plan = Plan(config, extractor, reference, int(n_fake), sampler, train, heldout)
-    n_real = reference.count if reference.count is not None else len(reference.load())
+    plan = Plan(config, extractor, reference, int(n_fake), sampler, train, heldout,
+                fake_shape=None if fake_shape is None else tuple(int(s) for s in fake_shape),
+                conversions=conversions(reference, fake_shape, fake_conversions or []))  # fmt: skip
+    for conversion in plan.conversions:
+        log.warning("scored with a conversion: %s", conversion.what)
     fields = protocol_fields(
         config, extractor.name, extractor.weights_sha256, reference_identity(reference.cache_fields, reference.description),
         n_real, plan.n_fake, sampler, extractor.isc_layer is not None, plan.memorization,
+        conversions=[c.what for c in plan.conversions if c.changes_score],
     )  # fmt: skip
     plan.protocol = make_protocol(fields)
     return plan
+
+
+def _shape(shape) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def conversions(reference: ImageSet, fake_shape, fake_conversions: list[Conversion]) -> list[Conversion]:
+    """Everything between the files and the scored pixels: each set's reading conversions, and generated images of
+    another size or channel count than the reference (the extractor resizes and converts both to its own input,
+    so they are compared at a resolution neither was made at); such a mismatch always changes the score."""
+    found = [Conversion(f"generated images: {c.what}", c.changes_score) for c in fake_conversions]
+    found += [Conversion(f"reference images: {c.what}", c.changes_score) for c in reference.conversions]
+    if fake_shape is not None and reference.shape is not None and tuple(fake_shape) != tuple(reference.shape):
+        found.append(Conversion(f"generated images are {_shape(fake_shape)} (CxHxW), the reference {_shape(reference.shape)}"
+                                ": the extractor brings both to its own input size and channels", True))  # fmt: skip
+    return found
 
 
 def score_images(plan: Plan, fake: torch.Tensor, progress: Progress | None = None) -> dict:
@@ -231,6 +266,9 @@ def score_images(plan: Plan, fake: torch.Tensor, progress: Progress | None = Non
         raise GenbenchError(f"generated images must be uint8 (N, C, H, W), got {getattr(fake, 'dtype', type(fake))}")
     if len(fake) != plan.n_fake:
         raise GenbenchError(f"planned to score {plan.n_fake} generated images, got {len(fake)}")
+    if plan.fake_shape is not None and tuple(fake.shape[1:]) != plan.fake_shape:
+        raise GenbenchError(f"planned to score {_shape(plan.fake_shape)} images, got {_shape(fake.shape[1:])}")
+    check_not_constant(fake, "refusing to score")
     config, extractor = plan.config, plan.extractor
     cache, memo = FeatureCache(config.cache_dir), {}
     started = time.perf_counter()
@@ -264,7 +302,8 @@ def score_images(plan: Plan, fake: torch.Tensor, progress: Progress | None = Non
     sampler = plan.sampler or {}
     record.update(
         sampler=sampler.get("sampler"), sampler_steps=sampler.get("steps"), sample_seconds_per_1k=None,
-        sampler_settings=plan.sampler, scoring_protocol=plan.protocol.scoring_id, protocol_fields=plan.protocol.fields,
+        sampler_settings=plan.sampler, conversions=[c.what for c in plan.conversions],
+        scoring_protocol=plan.protocol.scoring_id, protocol_fields=plan.protocol.fields,
         score_seconds=round(time.perf_counter() - started, 2), cache_hits=cache.hits, cache_misses=cache.misses,
         metrics_config=config.model_dump(),
     )  # fmt: skip
@@ -287,7 +326,7 @@ def evaluate_images(
     """
     if not (torch.is_tensor(fake) and fake.dtype == torch.uint8 and fake.dim() == 4):
         raise GenbenchError(f"generated images must be uint8 (N, C, H, W), got {getattr(fake, 'dtype', type(fake))}")
-    plan = plan_evaluation(cfg_metrics, reference, len(fake), train=train, heldout=heldout)
+    plan = plan_evaluation(cfg_metrics, reference, len(fake), train=train, heldout=heldout, fake_shape=fake.shape[1:])
     return score_images(plan, fake, progress)
 
 
@@ -331,7 +370,7 @@ def sample_images(
     labels, and cut (each image depends on its own noise and label alone). The compilation runs before the clock
     starts, in one warm-up call of the network; ``timings``, when given, receives its ``compile_seconds``.
     """
-    from genbench.imageio import to_uint8
+    from genbench.imageio import check_finite, to_uint8
 
     compile = compile and hasattr(model, "compiled_sampling")
     shape = min(batch_size, n)
@@ -352,8 +391,9 @@ def sample_images(
             run = shape if compile else count
             batch_labels = None if labels is None else labels[start : start + run].to(device)
             noise = IndexedNoise.range(seed, start, run, device)
-            images = model.sample(run, labels=batch_labels, generator=noise, **(sampler or {}))
-            batches.append(to_uint8(images[:count]))
+            images = model.sample(run, labels=batch_labels, generator=noise, **(sampler or {}))[:count]
+            check_finite(images, f"the {model.family} model's samples {start}-{start + count - 1}")
+            batches.append(to_uint8(images))
             if progress is not None:
                 progress.advance(task, count)
     _synchronize(device)
@@ -381,6 +421,7 @@ def plan_model_evaluation(model, cfg_metrics, datamodule, sampler: DictConfig | 
         sampler=settings,
         train=images_from_datamodule(datamodule, "train"),
         heldout=images_from_datamodule(datamodule, config.heldout_split),
+        fake_shape=model.image_shape,
     )
 
 

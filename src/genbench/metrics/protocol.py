@@ -15,7 +15,10 @@ the one place that says what that is; :func:`protocol_id` names those fields. Th
 * ``kid_subsets``, ``kid_subset_size``, ``isc_splits`` (null without class logits), ``prc_neighborhood``: metric
   settings as configured (the adapted sizes follow from them and the counts);
 * ``memorization``: null when not computed, else the held-out split and the percentile of its threshold;
-* ``version``: bumped when genbench changes what a score means under the same settings (e.g. label balancing).
+* ``version``: bumped when genbench changes what a score means under the same settings (e.g. label balancing);
+* ``conversions`` (only when there are any): what was changed between the files and the pixels scored, where it
+  changes them: a 16-bit depth cut that dropped bits, transparency dropped, generated images of another size or
+  channel count than the reference (see ``genbench.metrics.evaluator.conversions``).
 
 What does not enter: ``metrics.batch_size``, ``metrics.device`` and ``metrics.cache_dir`` (per-image noise makes
 the images the same at any batch size or device; a cached reference is keyed by its content), weight file paths
@@ -66,9 +69,10 @@ def protocol_fields(
     sampler: dict | None,
     has_isc: bool,
     memorization: bool,
+    conversions: list[str] | None = None,
 ) -> dict:
     """Everything that decides a score, and nothing else (see the module docstring). ``config``: a MetricsConfig."""
-    return {
+    fields = {
         "version": VERSION,
         "extractor": extractor_name,
         "extractor_sha256": extractor_sha256,
@@ -85,6 +89,9 @@ def protocol_fields(
         if memorization
         else None,
     }
+    if conversions:  # absent when none, so the protocols of unconverted images keep their ids
+        fields["conversions"] = sorted(conversions)
+    return fields
 
 
 def _digest(fields: dict) -> str:

@@ -6,6 +6,7 @@ Evaluation, sampling and reporting touch nothing else: ``sample``, ``family``, `
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 from typing import ClassVar, Sequence
@@ -23,12 +24,26 @@ from genbench.training.budget import BudgetCallback
 from genbench.training.speed import compile_cache_dir, optimizer_kwargs
 
 
-class Diverged(RuntimeError):
-    """A loss went NaN or infinite: the run stops and run.json says ``diverged``."""
+class Diverged(GenbenchError):
+    """Training diverged: a loss term went NaN, infinite or past the family's ``loss_limit``, or the weights went
+    non-finite. The run stops, run.json says ``diverged`` and at which step (``diverged_at_step``), the last good
+    checkpoint stays, and the command ends with the contract's one ``genbench: error:`` line (exit 2): the settings
+    (a learning rate, say) were what could not be used.
+
+    ``step`` counts training batches from 1, as run.json's ``steps`` does: step 3 is the third batch.
+    """
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
 class GenerativeModule(pl.LightningModule):
     family: ClassVar[str] = ""
+    # A family whose healthy losses stay within known bounds sets this (the GAN: model.loss_limit): a loss term
+    # past it ends the run as diverged, like a non-finite one. None: only NaN and inf are divergence (a likelihood's
+    # scale depends on the data, so the VAE and diffusion have no such bound).
+    loss_limit: float | None = None
 
     def __init__(
         self,
@@ -97,8 +112,9 @@ class GenerativeModule(pl.LightningModule):
         self.raise_if_diverged()
         bad = non_finite_tensors(checkpoint["state_dict"])
         if bad:
-            raise Diverged(f"{self.family}: {len(bad)} weight tensors became non-finite (first: {bad[0]}); "
-                           "the checkpoint was not saved")  # fmt: skip
+            step = self.global_step_count()
+            raise Diverged(f"{self.family}: {len(bad)} weight tensors became non-finite by step {step} (first: "
+                           f"{bad[0]}); the checkpoint was not saved", step)  # fmt: skip
         checkpoint["genbench_images_seen"] = self.images_seen
         checkpoint["genbench_rng"] = collect_rng_states()
         if self.run_meta is not None:
@@ -117,8 +133,9 @@ class GenerativeModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ losses
     def log_losses(self, losses: dict[str, torch.Tensor]) -> None:
-        """Remember, without a host sync, the first step each term went non-finite; log the terms on the steps
-        the loggers write (every ``trainer.log_every_n_steps`` batches, as Lightning's own schedule).
+        """Remember, without a host sync, the first step each term went non-finite or past ``loss_limit`` (and its
+        value there); log the terms on the steps the loggers write (every ``trainer.log_every_n_steps`` batches, as
+        Lightning's own schedule).
 
         ``self.log`` on the other steps would only be overwritten before it is written, and costs ~1 ms per term
         (a GAN step logs four: 8% of its step on a 2-core CPU).
@@ -126,16 +143,19 @@ class GenerativeModule(pl.LightningModule):
         if self._warming_up:
             return
         done = self.global_step_count()
-        step = torch.tensor(done, device=self.device)
+        step = torch.tensor(done + 1, device=self.device)  # this batch, counted from 1 as run.json's steps
         trainer = self._trainer
         # Lightning's own test (LoggerConnector.should_update_logs), asked before this batch counts as done
         written = trainer is None or (done + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop
         for name, value in losses.items():
-            value = value.detach()
+            value = value.detach().float()
+            bad = ~torch.isfinite(value) if self.loss_limit is None else ~(value.abs() <= self.loss_limit)  # NaN too
             first = self._first_bad_step.get(name, torch.tensor(-1, device=self.device))
-            self._first_bad_step[name] = torch.where((first < 0) & ~torch.isfinite(value), step, first)
+            new = (first < 0) & bad
+            self._first_bad_step[name] = torch.where(new, step, first)
+            self._first_bad_value[name] = torch.where(new, value, self._first_bad_value.get(name, value))
             if written:
-                self.log(f"train/{name}", value.float(), on_step=True, on_epoch=False)
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False)
         self._unlogged = None if written else (done, self.current_epoch, {k: v.detach() for k, v in losses.items()})
 
     def log_final_losses(self) -> None:
@@ -156,10 +176,21 @@ class GenerativeModule(pl.LightningModule):
             logger.save()
 
     def raise_if_diverged(self) -> None:
-        for name, first in self._first_bad_step.items():
-            bad = int(first.item())  # the one host sync, every log_every_n_steps
-            if bad >= 0:
-                raise Diverged(f"{self.family}: loss term '{name}' became non-finite at step {bad}")
+        """Diverged, naming the earliest step at which a loss term went bad, if one did."""
+        if not self._first_bad_step:
+            return
+        names = list(self._first_bad_step)
+        steps = torch.stack([self._first_bad_step[n] for n in names]).tolist()  # the one host sync
+        bad = [(step, i, name) for i, (step, name) in enumerate(zip(steps, names)) if step >= 0]
+        if not bad:
+            return
+        step, _, name = min(bad)  # the earliest; on a tie, the term logged first (a family's total loss)
+        value = float(self._first_bad_value[name])
+        if math.isfinite(value):
+            what = f"reached {value:.3g}, past model.loss_limit={self.loss_limit:g},"
+        else:
+            what = "became non-finite"
+        raise Diverged(f"{self.family}: loss term '{name}' {what} at step {step}", step)
 
     # ------------------------------------------------------------------ sampling
     def resolve_labels(self, n: int, labels, generator: torch.Generator | None) -> torch.Tensor | None:

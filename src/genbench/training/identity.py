@@ -21,6 +21,8 @@ Keys that do **not** shape training:
 - Which machine and how fast: ``hardware.name``, ``hardware.accelerator`` and the speed switches
   ``hardware.compile``, ``hardware.channels_last``, ``hardware.fused_optimizer`` (they change floating-point
   rounding, not what is computed; ``model.compile`` is where older runs kept ``hardware.compile``).
+- When a run counts as diverged: ``model.loss_limit`` (the GAN's bound on its loss terms) stops a run, it does not
+  change what the run computes before that.
 
 Everything else shapes training: ``seed``, ``model.*`` (architecture, loss, optimizers, EMA, ...), ``data.*``
 (source, name, image size, channels, resize, subset, val_size, batch_size, flip, seed), the trainer's numerics
@@ -50,7 +52,7 @@ NOT_TRAINING_KEYS = frozenset({
     "trainer.limit_test_batches",
     "data.cache_dir", "data.num_workers", "data.on_device",
     "hardware.name", "hardware.accelerator", "hardware.compile", "hardware.channels_last", "hardware.fused_optimizer",
-    "model.compile",
+    "model.compile", "model.loss_limit",
 })  # fmt: skip
 ABSENT = "(absent)"
 IMPLIED = {"hardware.num_nodes": 1}  # the value a key added later had before it existed
@@ -106,6 +108,11 @@ def read_run_config(run_dir: Path) -> dict | None:
     return config
 
 
+def _listed(diffs: list[tuple[str, object, object]]) -> str:
+    listed = ", ".join(f"{key} {_show(before)} -> {_show(after)}" for key, before, after in diffs[:MAX_LISTED])
+    return listed + (f" and {len(diffs) - MAX_LISTED} more" if len(diffs) > MAX_LISTED else "")
+
+
 def check_same_training(run_dir: Path, cfg: DictConfig) -> None:
     """Refuse to touch ``run_dir`` when its run was trained under another config than ``cfg``."""
     old = read_run_config(run_dir)
@@ -114,10 +121,47 @@ def check_same_training(run_dir: Path, cfg: DictConfig) -> None:
     diffs = training_differences(old, OmegaConf.to_container(cfg, resolve=True))
     if not diffs:
         return
-    listed = ", ".join(f"{key} {_show(before)} -> {_show(after)}" for key, before, after in diffs[:MAX_LISTED])
-    more = f" and {len(diffs) - MAX_LISTED} more" if len(diffs) > MAX_LISTED else ""
     raise GenbenchError(
-        f"{run_dir} holds a run trained under another config ({listed}{more}); a run folder holds one training "
+        f"{run_dir} holds a run trained under another config ({_listed(diffs)}); a run folder holds one training "
         f"config (only budget.* may grow, and settings that do not shape training may change). Start a new run "
         f"with another name= or seed=, or remove {run_dir}"
     )
+
+
+def checkpoint_config(path: Path) -> dict | None:
+    """The training config a genbench checkpoint was written under (None: not a genbench checkpoint). Memory-mapped,
+    so reading it costs little beside the load that follows."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise GenbenchError(f"{path} is not a readable checkpoint: {type(exc).__name__}: {exc}") from exc
+    meta = checkpoint.get("genbench") if isinstance(checkpoint, dict) else None
+    return meta.get("config") if isinstance(meta, dict) and isinstance(meta.get("config"), dict) else None
+
+
+def check_checkpoint_belongs(ckpt: Path, ckpt_config: dict | None, run_dir: Path, expected: dict | None = None) -> None:
+    """Refuse a checkpoint that another run wrote, before anything of ``run_dir`` is read into a score or rewritten.
+
+    ``expected``: the training config it must match (a resumed command's); by default the folder's ``config.yaml``.
+    The family in the folder's run.json must match too. A folder with neither (a checkpoint kept on its own) passes.
+    """
+    expected = read_run_config(run_dir) if expected is None else expected
+    if expected is not None and ckpt_config is None:
+        raise GenbenchError(f"{ckpt} is not a genbench checkpoint (no training config inside), so it cannot belong "
+                            f"to the run in {run_dir}")  # fmt: skip
+    family = ((ckpt_config or {}).get("model") or {}).get("family")
+    record = Path(run_dir) / "run.json"
+    try:
+        recorded = json.loads(record.read_text()).get("family") if record.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        recorded = None  # an unreadable record says nothing here; config.yaml still does
+    problem = None
+    if recorded is not None and family != recorded:  # said alone: every model key would differ too
+        problem = f"a {family} checkpoint, but {record} is a {recorded} run"
+    elif expected is not None and (diffs := training_differences(expected, ckpt_config)):
+        problem = f"trained under another config than {run_dir / CONFIG_YAML} ({_listed(diffs)})"
+    if problem:
+        raise GenbenchError(f"{ckpt} does not belong to the run in {run_dir}: {problem}. Nothing was changed; give "
+                            "the checkpoint a run folder of its own")  # fmt: skip
