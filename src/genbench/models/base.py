@@ -74,6 +74,7 @@ class GenerativeModule(pl.LightningModule):
         self.checkpoint_sha256: str | None = None
         self._first_bad_step: dict[str, torch.Tensor] = {}
         self._unlogged: tuple[int, int, dict[str, torch.Tensor]] | None = None  # see log_final_losses
+        self._first_bad_value: dict[str, torch.Tensor] = {}
         self._rng_to_restore: dict | None = None
 
     # ------------------------------------------------------------------ EMA
