@@ -116,7 +116,10 @@ class ImageDataModule(pl.LightningDataModule):
         Without a subset, validation is a seeded draw and training the rest. With ``subset=N`` training is the first
         N images whatever the seed, and validation a seeded draw from the images after them, so the two never meet.
         """
-        n_val = min(self.val_size, n // 10)
+        n_val = min(self.val_size, n // 10)  # so that small folders still train on nine tenths
+        if n_val < self.val_size:
+            log.warning("data.val_size=%d: holding out %d validation images, a tenth of the %d in the train split",
+                        self.val_size, n_val, n)  # fmt: skip
         if self.subset is None:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
             return perm[:n_val].sort().values, perm[n_val:].sort().values
