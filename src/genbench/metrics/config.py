@@ -50,6 +50,9 @@ class MetricsConfig(Metrics):
             path = getattr(self, key)
             if path is not None and not Path(path).expanduser().is_file():
                 raise GenbenchError(f"metrics.{key}={path} is not a file (expected the extractor's weights)")
+        if self.cache_dir is not None and Path(self.cache_dir).expanduser().exists() and not Path(
+                self.cache_dir).expanduser().is_dir():  # fmt: skip
+            raise GenbenchError(f"metrics.cache_dir={self.cache_dir} is a file; expected a folder for cached features")
         self.torch_device()
         return self
 
