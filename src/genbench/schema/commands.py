@@ -89,24 +89,24 @@ def leaves(cfg: DictConfig | dict, command: Command = "train") -> dict[str, obje
         model, open_ended = target_model(node["_target_"], SUPPLIED if path.startswith("model") else frozenset())
         return dict(model.model_fields), open_ended
 
-    def walk(values: dict, rules: dict, prefix: str, open_ended: bool = False) -> None:
+    def walk(values: dict, rules: dict, open_ended: bool = False, prefix: str = "") -> None:
         for key, value in values.items():
             if key in ("_target_", "_partial_"):
                 continue
             path, field = f"{prefix}{key}", rules.get(key)
             rule = getattr(field, "annotation", None)
             if isinstance(value, dict) and ("_target_" in value or _is_model(rule)):
-                walk(value, *node_rules(value, path, rule)[:1], f"{path}.", node_rules(value, path, rule)[1])
+                walk(value, *node_rules(value, path, rule), prefix=f"{path}.")
             elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
                 item = next(iter(typing.get_args(rule)), None)
                 for i, entry in enumerate(value):
-                    walk(entry, node_rules(entry, path, item)[0], f"{path}[{i}].", node_rules(entry, path, item)[1])
+                    walk(entry, *node_rules(entry, path, item), prefix=f"{path}[{i}].")
             elif field is not None and (field.annotation is not typing.Any or field.metadata):
                 found[path] = field
             else:
                 found[path] = "open" if open_ended else None
 
-    walk(resolved(cfg), dict(COMMANDS[command].model_fields), "")
+    walk(resolved(cfg), dict(COMMANDS[command].model_fields))
     return found
 
 
