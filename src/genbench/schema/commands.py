@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import typing
 from typing import Literal
 
@@ -51,7 +52,7 @@ def check_trainer_arguments(trainer: dict) -> None:
         if key not in accepted:
             raise GenbenchError(f"trainer.{key}: unknown key (not an argument of pytorch_lightning.Trainer)"
                                 f"{nearest(key, accepted | known)}")  # fmt: skip
-        if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        if isinstance(value, float) and not math.isfinite(value):
             raise GenbenchError(f"trainer.{key}={show(value)}; expected a finite number")
 
 
