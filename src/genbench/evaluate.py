@@ -24,7 +24,7 @@ from genbench.cli import hydra_entry
 from genbench.errors import GenbenchError
 from genbench.metrics import MetricsConfig, images_from_datamodule, images_from_path, plan_evaluation, score_images
 from genbench.metrics.store import check_destination, check_store, score_dir, write_score
-from genbench.training.record import write_json
+from genbench.files import write_json
 
 log = logging.getLogger("genbench.evaluate")
 

@@ -13,33 +13,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from genbench.cli import hydra_entry
+from genbench.devices import pick_device
 from genbench.errors import GenbenchError
+from genbench.files import atomic_folder
 from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
 from genbench.noise import IndexedNoise
 
 log = logging.getLogger("genbench.sample")
-
-
-def pick_device(name) -> torch.device:
-    name = str(name)
-    if name not in ("auto", "cpu") and not name.startswith("cuda"):
-        raise GenbenchError(f"device={name}; expected auto, cpu or cuda")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GenbenchError(f"device={name} but no CUDA GPU is visible; use device=cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise GenbenchError(f"device={name} is not a torch device (expected auto, cpu or cuda)") from exc
 
 
 def integer(value, key: str, minimum: int, auto: bool = False) -> int | str:
@@ -116,15 +102,11 @@ def sample(cfg: DictConfig) -> Path:
 
     extra = {} if settings is None else {"sampler": settings["sampler"], "sampler_steps": settings["steps"]}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
+    with atomic_folder(out) as tmp:  # onto a new or empty folder: all samples appear at once, or none
         for i, image in enumerate(images):
             chunks = provenance_chunks(model.family, model.checkpoint_sha256, seed, index=i,
                                        label="" if labels is None else int(labels[i]), **extra)  # fmt: skip
-            save_png(tmp / f"sample_{i:05d}.png", image, chunks)
-        os.replace(tmp, out)  # onto a new or empty folder: all samples appear at once
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            save_png(tmp / f"sample_{i:05d}.png", image, chunks, atomic=False)
     nrow = nrow or (model.num_classes if labels is None and model.num_classes else 8)
     grid = grid_path(out)
     save_png(grid, make_grid(images, nrow=nrow), provenance_chunks(model.family, model.checkpoint_sha256, seed, **extra))

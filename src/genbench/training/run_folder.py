@@ -5,6 +5,10 @@ turns both off (``hydra.output_subdir: null`` and ``hydra/job_logging=genbench``
 command refused by the checks (bad input, another training config, a folder in use) leaves the folder exactly as it
 found it, and a fresh folder not there at all. Log lines from before the commit wait in memory and go to
 ``train.log`` with the rest once the run is accepted; :meth:`RunFolder.commit` also writes what Hydra would have.
+
+Hydra does create the run folder itself, and its missing parents (``runs/<name>/``), before the task starts.
+:class:`RunFolderCallback` (registered in conf/hydra/default.yaml) refuses a bad ``name`` before that happens and
+notes which of those folders do not exist yet, so that a refused command removes exactly them again.
 """
 
 from __future__ import annotations
@@ -14,14 +18,51 @@ import logging.handlers
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from genbench.errors import GenbenchError
+from genbench.files import remove_stale_temps, write_text
 from genbench.training.identity import CONFIG_YAML
 from genbench.training.lock import RunLock
 
 TRAIN_LOG = "train.log"
 HYDRA_RECORD = ".hydra"  # Hydra's usual output_subdir; report.collect reads its overrides.yaml
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's default job-log format
+_made_for_this_run: list[Path] = []  # folders of the run path this command's Hydra creates, deepest first
+
+
+def check_run_name(name) -> str:
+    """``name`` as one folder name under ``paths.runs_dir``: not empty, no path separator, not ``.`` or ``..``."""
+    text = "" if name is None else str(name)
+    if not text.strip() or "/" in text or "\\" in text or "\0" in text or text in (".", ".."):
+        raise GenbenchError(f"name={text!r}; expected one folder name for the study under paths.runs_dir (not "
+                            "empty, no '/', not '.' or '..'), e.g. name=baseline")  # fmt: skip
+    return text
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+class RunFolderCallback(Callback):
+    """Hydra's hook before it creates a single run's folder: the run name checked, the folders it will create noted."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        check_run_name(OmegaConf.select(config, "name"))
+        run_dir = OmegaConf.select(config, "hydra.run.dir", throw_on_resolution_failure=False)
+        _made_for_this_run[:] = _missing_folders(Path(run_dir).absolute()) if run_dir else []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        check_run_name(OmegaConf.select(config, "name"))
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        _made_for_this_run.clear()
 
 
 class RunFolder:
@@ -49,14 +90,16 @@ class RunFolder:
         if self.lock is None:
             return
         self.lock.write_pid()
-        OmegaConf.save(cfg, self.run_dir / CONFIG_YAML, resolve=True)
+        for folder in (self.run_dir, self.run_dir / "checkpoints"):
+            remove_stale_temps(folder)  # a kill -9 mid-write left them; the lock says no one else writes here
+        write_text(self.run_dir / CONFIG_YAML, OmegaConf.to_yaml(cfg, resolve=True))
         if HydraConfig.initialized():
             hydra_cfg = HydraConfig.get()
             record = self.run_dir / HYDRA_RECORD
             record.mkdir(exist_ok=True)
-            (record / "config.yaml").write_text(OmegaConf.to_yaml(composed))
-            (record / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}))
-            (record / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra_cfg.overrides.task))
+            write_text(record / "config.yaml", OmegaConf.to_yaml(composed))
+            write_text(record / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra_cfg}))
+            write_text(record / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
         self._log_file = logging.FileHandler(self.run_dir / TRAIN_LOG)
         self._log_file.setFormatter(logging.Formatter(LOG_FORMAT))
         root = logging.getLogger()
@@ -79,7 +122,9 @@ class RunFolder:
         gave_up_fresh = self.lock.created and not self.committed
         self.lock.release(remove=gave_up_fresh)
         if gave_up_fresh:
-            try:
-                self.run_dir.rmdir()  # only when empty: Hydra made it for this command, and nothing else is in it
-            except OSError:
-                pass
+            made = [f for f in _made_for_this_run if f == self.run_dir.absolute() or f in self.run_dir.absolute().parents]
+            for folder in made or [self.run_dir]:
+                try:
+                    folder.rmdir()  # only when empty: Hydra made it for this command, and nothing else is in it
+                except OSError:
+                    break
