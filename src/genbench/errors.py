@@ -52,8 +52,14 @@ def user_error_message(exc: BaseException) -> str | None:
 
     user_errors_ = (GenbenchError, ConfigCompositionException, MissingConfigException, OverrideParseException,
                     OmegaConfBaseException)  # fmt: skip
-    seen: BaseException | None = exc
-    while seen is not None:
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 32:  # bounded: a chain that loops back on itself
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    ours = next((e for e in chain if isinstance(e, GenbenchError)), None)
+    if ours is not None:  # the most specific message, also where OmegaConf wraps it (an error in a resolver)
+        return " ".join(str(ours).split())
+    for seen in chain:
         if (machine := machine_error_message(seen)) is not None:
             return machine
         if isinstance(seen, user_errors_):
@@ -62,7 +68,6 @@ def user_error_message(exc: BaseException) -> str | None:
                 text = f"{text} {seen.__cause__}"
             text = text.split("Config search path")[0]  # Hydra's search-path dump helps nobody here
             return " ".join(text.replace("\t", " ").split())
-        seen = seen.__cause__ or seen.__context__
     return None
 
 

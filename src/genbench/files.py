@@ -22,6 +22,7 @@ for callers that scan many files (reports, score stores), a warning and ``None``
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -128,6 +129,22 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     if removed:
         log.info("removed %d temporary file(s) an interrupted process left in %s", len(removed), folder)
     return removed
+
+
+def check_writable(folder: str | Path) -> None:
+    """Raise the machine's own OSError (read-only, permission denied, a file in the way, a full disk) now, before
+    any work, if a file cannot be created in ``folder`` or, while it does not exist yet, in its nearest ancestor.
+    A real write is the only test that holds for root and for read-only mounts alike (``os.access`` is not)."""
+    folder = Path(folder).absolute()
+    existing = next((f for f in (folder, *folder.parents) if f.exists()), folder)
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    probe = temp_path(existing / "write-check")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:  # the folder is what the user named and can fix, not the probe's hidden name
+        raise type(exc)(exc.errno, exc.strerror, str(existing)) from None
+    probe.unlink()
 
 
 def fsync_dir(folder: Path) -> None:

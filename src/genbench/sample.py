@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from genbench.cli import hydra_entry
 from genbench.devices import pick_device
 from genbench.errors import GenbenchError
-from genbench.files import atomic_folder
+from genbench.files import atomic_folder, check_writable
 from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
 from genbench.noise import IndexedNoise
 
@@ -85,6 +85,7 @@ def sample(cfg: DictConfig) -> Path:
     nrow = None if cfg.nrow is None else integer(cfg.nrow, "nrow", 1)
     out = Path(cfg.out).expanduser()
     check_out(out)
+    check_writable(out.parent)  # a read-only or misplaced out= fails before the checkpoint loads
     device = pick_device(cfg.device)
     model, run_cfg = load_checkpoint(cfg.ckpt, map_location=device)
     labels = labels_for(model, cfg.prompt, cfg.labels, n)

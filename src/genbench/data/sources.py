@@ -20,7 +20,7 @@ from PIL import Image
 
 from genbench.data import idx
 from genbench.errors import GenbenchError
-from genbench.files import atomic_folder
+from genbench.files import atomic_folder, check_writable
 
 SUPPORTED_IMAGE_SIZES = (28, 32, 64)
 SOURCES = ("fashion_mnist", "hf", "imagefolder")
@@ -254,6 +254,7 @@ def load_splits(spec: SourceSpec, cache_dir: str | Path) -> tuple[dict[str, data
             return {s: datasets.load_from_disk(str(folder / s)) for s in ("train", "test")}, key
         except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt below
             shutil.rmtree(folder, ignore_errors=True)
+    check_writable(folder.parent)  # a read-only cache or a file in its place fails now, not after the build
     if spec.source == "fashion_mnist":
         splits = _fashion_mnist(spec)
     elif spec.source == "hf":

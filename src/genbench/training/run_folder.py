@@ -6,15 +6,17 @@ command refused by the checks (bad input, another training config, a folder in u
 found it, and a fresh folder not there at all. Log lines from before the commit wait in memory and go to
 ``train.log`` with the rest once the run is accepted; :meth:`RunFolder.commit` also writes what Hydra would have.
 
-Hydra does create the run folder itself, and its missing parents (``runs/<name>/``), before the task starts.
-:class:`RunFolderCallback` (registered in conf/hydra/default.yaml) refuses a bad ``name`` before that happens and
-notes which of those folders do not exist yet, so that a refused command removes exactly them again.
+Hydra does create the run folder itself, and its missing parents (``runs/<name>/``), before the task starts. The
+folder's path reads ``name`` through :func:`check_run_name` (the resolver ``genbench.run_name``, genbench/cli.py),
+so a bad name is refused before that, and :class:`RunFolderCallback` (conf/hydra/default.yaml) notes which of those folders do not exist
+yet, so that a refused command removes exactly them again.
 """
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -41,6 +43,10 @@ def check_run_name(name) -> str:
     return text
 
 
+def _normal(path: str | Path) -> Path:
+    return Path(os.path.abspath(path))  # ".." resolved as mkdir(parents=True) walks it
+
+
 def _missing_folders(path: Path) -> list[Path]:
     missing = []
     for folder in (path, *path.parents):
@@ -51,15 +57,17 @@ def _missing_folders(path: Path) -> list[Path]:
 
 
 class RunFolderCallback(Callback):
-    """Hydra's hook before it creates a single run's folder: the run name checked, the folders it will create noted."""
+    """Hydra's hook before it creates a single run's folder: notes which folders of its path do not exist yet.
+
+    Hydra turns an exception here into a warning, so this hook never raises: a path it cannot read notes nothing.
+    """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        check_run_name(OmegaConf.select(config, "name"))
-        run_dir = OmegaConf.select(config, "hydra.run.dir", throw_on_resolution_failure=False)
-        _made_for_this_run[:] = _missing_folders(Path(run_dir).absolute()) if run_dir else []
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        check_run_name(OmegaConf.select(config, "name"))
+        try:
+            run_dir = OmegaConf.select(config, "hydra.run.dir")
+        except Exception:  # noqa: BLE001 - e.g. a bad name=, which Hydra reports itself when it reads the path
+            run_dir = None
+        _made_for_this_run[:] = _missing_folders(_normal(run_dir)) if run_dir else []
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         _made_for_this_run.clear()
@@ -122,7 +130,8 @@ class RunFolder:
         gave_up_fresh = self.lock.created and not self.committed
         self.lock.release(remove=gave_up_fresh)
         if gave_up_fresh:
-            made = [f for f in _made_for_this_run if f == self.run_dir.absolute() or f in self.run_dir.absolute().parents]
+            run_dir = _normal(self.run_dir)
+            made = [f for f in _made_for_this_run if f == run_dir or f in run_dir.parents]
             for folder in made or [self.run_dir]:
                 try:
                     folder.rmdir()  # only when empty: Hydra made it for this command, and nothing else is in it
