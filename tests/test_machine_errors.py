@@ -85,6 +85,9 @@ def refused(tmp_path_factory, gan_ckpt):
     existing = root / "existing" / "runs" / "default" / "gan-seed0"
     existing.mkdir(parents=True)
     (existing / "notes.txt").write_text("mine\n")
+    corrupt = root / "corrupt" / "runs" / "default" / "gan-seed0"
+    corrupt.mkdir(parents=True)
+    (corrupt / "run.json").write_text('{"status": "runn')
     train = {
         "runs_dir_is_a_file": ([f"paths.runs_dir={a_file}"], [str(a_file), "not a folder"]),
         "cache_is_a_file": ([f"paths.runs_dir={root / 'c1' / 'runs'}", f"paths.cache_dir={a_file}"],
@@ -95,6 +98,8 @@ def refused(tmp_path_factory, gan_ckpt):
         "bad_override": ([f"paths.runs_dir={root / 'fresh' / 'runs'}", "budget.max_steps=-3"], ["budget.max_steps=-3"]),
         "bad_override_existing": ([f"paths.runs_dir={root / 'existing' / 'runs'}", "model=gan", "budget.max_steps=-3"],
                                   ["budget.max_steps=-3"]),
+        "corrupt_run_json": ([f"paths.runs_dir={root / 'corrupt' / 'runs'}", "model=gan"],
+                             [str(corrupt / "run.json"), "run record"]),
     }  # fmt: skip
     others = {
         "sample_out_under_a_file": ("sample", [f"ckpt={gan_ckpt}", "n=2", f"out={a_file}/o"], [str(a_file), "not a folder"]),
@@ -119,7 +124,7 @@ def refused(tmp_path_factory, gan_ckpt):
 
 
 CASE_NAMES = ["runs_dir_is_a_file", "cache_is_a_file", "name_escapes", "name_empty", "name_nested", "bad_override",
-              "bad_override_existing", "sample_out_under_a_file", "evaluate_out_under_a_file", "runs_dir_read_only",
+              "bad_override_existing", "corrupt_run_json", "sample_out_under_a_file", "evaluate_out_under_a_file", "runs_dir_read_only",
               "cache_read_only", "sample_out_read_only", "evaluate_out_read_only"]  # fmt: skip
 
 
@@ -138,6 +143,8 @@ def test_a_refused_train_leaves_no_new_folder_not_even_a_parent(refused):
         assert not (root / made).exists(), f"{root / made} was left behind"
     existing = root / "existing" / "runs" / "default" / "gan-seed0"
     assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]  # no .lock, no config.yaml added
+    corrupt = root / "corrupt" / "runs" / "default" / "gan-seed0"
+    assert sorted(p.name for p in corrupt.iterdir()) == ["run.json"]
     assert (root / "a_file").read_text() == "not a folder\n"
 
 
