@@ -190,3 +190,12 @@ def test_training_modules_import_nothing_from_the_models():
         tree = ast.parse(path.read_text())
         imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
         assert not [m for m in imported if m.startswith("genbench.models")], f"{path.name} imports {imported}"
+
+
+def test_check_writable_probes_the_nearest_existing_folder_and_leaves_nothing(tmp_path):
+    files.check_writable(tmp_path / "not" / "yet" / "made")  # tmp_path is where the folders would be made
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(NotADirectoryError) as caught:
+        files.check_writable(tmp_path / "a_file" / "scores")
+    assert user_error_message(caught.value).startswith(f"{tmp_path / 'a_file'}: not a folder")

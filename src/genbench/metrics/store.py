@@ -20,7 +20,7 @@ from pathlib import Path
 
 from genbench.errors import GenbenchError
 from genbench.metrics.protocol import record_protocol
-from genbench.files import read_json, write_json
+from genbench.files import check_writable, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,11 @@ def check_destination(path: Path, protocol: str) -> None:
 
 
 def check_store(target: Path) -> None:
-    """The per-protocol folder of ``target`` can be made (checked before any work)."""
+    """The per-protocol folder of ``target`` can be made and written (checked before any work)."""
     folder = score_dir(target)
     if folder.exists() and not folder.is_dir():
         raise GenbenchError(f"{folder} exists and is not a folder; genbench keeps one score per protocol there")
+    check_writable(folder)  # a read-only run folder fails now, not after sampling and scoring
 
 
 def write_score(target: Path, record: dict, own: bool = False) -> list[Path]:
