@@ -166,7 +166,7 @@ def finished_record(cfg: DictConfig, run_dir: Path, budget: Budget) -> dict | No
 def train(cfg: DictConfig) -> dict:
     """Checks, then the run folder claimed (one process at a time, one training config), then :func:`fit`."""
     composed = copy.deepcopy(cfg)  # as Hydra composed it, for .hydra/config.yaml
-    check_run_name(cfg.name)  # also refused before Hydra makes the folder (RunFolderCallback), where it is registered
+    check_run_name(cfg.name)  # the CLI refuses it earlier, as Hydra reads the run path (conf/hydra/default.yaml)
     run_dir = Path(cfg.paths.output_dir)
     # DDP ranks other than zero rerun this command; rank zero alone locks and writes the run folder.
     with RunFolder(run_dir, owner=rank_zero_only.rank == 0) as folder:

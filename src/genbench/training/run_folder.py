@@ -8,8 +8,8 @@ found it, and a fresh folder not there at all. Log lines from before the commit 
 
 Hydra does create the run folder itself, and its missing parents (``runs/<name>/``), before the task starts. The
 folder's path reads ``name`` through :func:`check_run_name` (the resolver ``genbench.run_name``, genbench/cli.py),
-so a bad name is refused before that, and :class:`RunFolderCallback` (conf/hydra/default.yaml) notes which of those folders do not exist
-yet, so that a refused command removes exactly them again.
+so a bad name is refused before that, and :class:`RunFolderCallback` (conf/hydra/default.yaml) notes which of
+those folders do not exist yet, so that a refused command removes exactly them again.
 """
 
 from __future__ import annotations
