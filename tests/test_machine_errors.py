@@ -95,6 +95,7 @@ def refused(tmp_path_factory, gan_ckpt):
         "name_escapes": ([f"paths.runs_dir={root / 'n1' / 'runs'}", "name=../../escaped"], ["name='../../escaped'"]),
         "name_empty": ([f"paths.runs_dir={root / 'n2' / 'runs'}", "name="], ["name=''"]),
         "name_nested": ([f"paths.runs_dir={root / 'n3' / 'runs'}", "name=a/b"], ["name='a/b'"]),
+        "name_too_long": ([f"paths.runs_dir={root / 'n4' / 'runs'}", f"name={'x' * 300}"], ["file name too long"]),
         "bad_override": ([f"paths.runs_dir={root / 'fresh' / 'runs'}", "budget.max_steps=-3"], ["budget.max_steps=-3"]),
         "bad_override_existing": ([f"paths.runs_dir={root / 'existing' / 'runs'}", "model=gan", "budget.max_steps=-3"],
                                   ["budget.max_steps=-3"]),
@@ -123,9 +124,10 @@ def refused(tmp_path_factory, gan_ckpt):
     return root, cases, results, mounted
 
 
-CASE_NAMES = ["runs_dir_is_a_file", "cache_is_a_file", "name_escapes", "name_empty", "name_nested", "bad_override",
-              "bad_override_existing", "corrupt_run_json", "sample_out_under_a_file", "evaluate_out_under_a_file", "runs_dir_read_only",
-              "cache_read_only", "sample_out_read_only", "evaluate_out_read_only"]  # fmt: skip
+CASE_NAMES = ["runs_dir_is_a_file", "cache_is_a_file", "name_escapes", "name_empty", "name_nested", "name_too_long",
+              "bad_override", "bad_override_existing", "corrupt_run_json", "sample_out_under_a_file",
+              "evaluate_out_under_a_file", "runs_dir_read_only", "cache_read_only", "sample_out_read_only",
+              "evaluate_out_read_only"]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
@@ -139,7 +141,7 @@ def test_an_unusable_path_is_one_line_and_leaves_nothing(refused, case):
 
 def test_a_refused_train_leaves_no_new_folder_not_even_a_parent(refused):
     root, _, _, _ = refused
-    for made in ("c1", "c2", "n1", "n2", "n3", "fresh", "escaped", "runs"):
+    for made in ("c1", "c2", "n1", "n2", "n3", "n4", "fresh", "escaped", "runs"):
         assert not (root / made).exists(), f"{root / made} was left behind"
     existing = root / "existing" / "runs" / "default" / "gan-seed0"
     assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]  # no .lock, no config.yaml added

@@ -59,6 +59,9 @@ def _make_reporter(original: Callable) -> Callable:
             message = user_error_message(exc)
             if message is None:
                 return original(lambda: (_ for _ in ()).throw(exc))
+            from genbench.training.run_folder import remove_folders_made_for_this_run
+
+            remove_folders_made_for_this_run()  # an error before the task: Hydra may have made part of the run path
             print(f"genbench: error: {message}", file=sys.stderr)
             sys.exit(2)
 

@@ -50,10 +50,20 @@ def _normal(path: str | Path) -> Path:
 def _missing_folders(path: Path) -> list[Path]:
     missing = []
     for folder in (path, *path.parents):
-        if folder.exists():
+        if os.path.exists(folder):  # False also for a path the system cannot look up (a name too long)
             break
         missing.append(folder)
     return missing
+
+
+def remove_folders_made_for_this_run() -> None:
+    """Hydra failed to make the run folder (a name too long, a full disk): the parents it did make go again."""
+    for folder in _made_for_this_run:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            continue  # never made (then its parent may have been), or not empty (then rmdir leaves those above too)
+    _made_for_this_run.clear()
 
 
 class RunFolderCallback(Callback):
@@ -65,9 +75,9 @@ class RunFolderCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
             run_dir = OmegaConf.select(config, "hydra.run.dir")
-        except Exception:  # noqa: BLE001 - e.g. a bad name=, which Hydra reports itself when it reads the path
-            run_dir = None
-        _made_for_this_run[:] = _missing_folders(_normal(run_dir)) if run_dir else []
+            _made_for_this_run[:] = _missing_folders(_normal(run_dir)) if run_dir else []
+        except Exception:  # noqa: BLE001 - a bad name= or a name too long: Hydra reports it when it makes the folder
+            _made_for_this_run.clear()
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         _made_for_this_run.clear()
