@@ -136,7 +136,7 @@ def check_writable(folder: str | Path) -> None:
     any work, if a file cannot be created in ``folder`` or, while it does not exist yet, in its nearest ancestor.
     A real write is the only test that holds for root and for read-only mounts alike (``os.access`` is not)."""
     folder = Path(folder).absolute()
-    existing = next((f for f in (folder, *folder.parents) if f.exists()), folder)
+    existing = next((f for f in (folder, *folder.parents) if os.path.exists(f)), folder)  # never raises
     if not existing.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
     probe = temp_path(existing / "write-check")
