@@ -489,9 +489,9 @@ def main(argv: list[str] | None = None) -> dict:
     if bad:
         raise SystemExit(f"genbench: error: non-finite or non-positive throughput in {bad}")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    from genbench.files import write_json
+
+    write_json(path, record)
     print_table(record)
     figures = plot_record(record, path.with_suffix(""))
     print(f"written {path} and {', '.join(str(f) for f in figures)}")

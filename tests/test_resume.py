@@ -51,7 +51,8 @@ def kill_after_a_random_checkpoint(process, checkpoint: Path, rng: random.Random
         return f"exited by itself after {saves} checkpoints"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    return f"killed {'during' if checkpoint.with_name('.last.ckpt.tmp').exists() else 'after'} save {saves}"
+    during = any(checkpoint.parent.glob(".last.ckpt.*.tmp"))  # genbench.files' temporary name for last.ckpt
+    return f"killed {'during' if during else 'after'} save {saves}"
 
 
 def tensors(checkpoint: Path) -> dict[str, torch.Tensor]:

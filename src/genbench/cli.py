@@ -41,7 +41,15 @@ def path_safe(text: str) -> str:
     return _NOT_PATH_SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), str(text))
 
 
+def run_name(name) -> str:
+    """``name`` as the run path uses it (conf/hydra/default.yaml): one folder name, refused before Hydra makes it."""
+    from genbench.training.run_folder import check_run_name  # the rule lives with the run folder
+
+    return check_run_name(name)
+
+
 OmegaConf.register_new_resolver("genbench.path_safe", path_safe, replace=True)
+OmegaConf.register_new_resolver("genbench.run_name", run_name, replace=True)
 def _make_reporter(original: Callable) -> Callable:
     def run_and_report(func: Callable):
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -52,6 +60,9 @@ def _make_reporter(original: Callable) -> Callable:
             message = user_error_message(exc)
             if message is None:
                 return original(lambda: (_ for _ in ()).throw(exc))
+            from genbench.training.run_folder import remove_folders_made_for_this_run
+
+            remove_folders_made_for_this_run()  # an error before the task: Hydra may have made part of the run path
             print(f"genbench: error: {message}", file=sys.stderr)
             sys.exit(2)
 

@@ -25,9 +25,9 @@ from genbench.errors import GenbenchError
 from genbench.schema import check_config
 from genbench.metrics import MetricsConfig, images_from_datamodule, images_from_path, plan_evaluation, score_images
 from genbench.metrics.store import check_destination, check_store, score_dir, write_score
+from genbench.files import check_writable, write_json
 from genbench.metrics.summary import score_summary
 from genbench.training.identity import check_checkpoint_belongs
-from genbench.training.record import write_json
 
 log = logging.getLogger("genbench.evaluate")
 
@@ -129,6 +129,8 @@ def evaluate(cfg: DictConfig) -> dict:
     out = Path(cfg.out).expanduser().resolve() if cfg.out is not None else None
     if out is not None and out.is_dir():
         raise GenbenchError(f"out={cfg.out} is a folder; expected the path of a .json file to write the score to")
+    if out is not None:
+        check_writable(out.parent)  # an unwritable out= fails before the evaluation, not after it
     record, target, own = from_checkpoint(cfg, out) if cfg.ckpt is not None else from_samples(cfg, out)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

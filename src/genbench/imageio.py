@@ -6,7 +6,6 @@ with the family, checkpoint hash and seed, so a sample that leaves the run folde
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from genbench.errors import GenbenchError
+from genbench.files import atomic_open
 
 PNG_SUFFIXES = {".png"}
 
@@ -65,16 +65,19 @@ def _pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array.astype(np.uint8))
 
 
-def save_png(path: str | Path, image: torch.Tensor, provenance: dict[str, str]) -> None:
-    """Write one uint8 (C, H, W) image (or (H, W)) with provenance text chunks, atomically."""
+def save_png(path: str | Path, image: torch.Tensor, provenance: dict[str, str], atomic: bool = True) -> None:
+    """Write one uint8 (C, H, W) image (or (H, W)) with provenance text chunks, atomically.
+
+    ``atomic=False`` writes in place: for the files of a folder that is itself written atomically
+    (:func:`genbench.files.atomic_folder`), where a temporary name and a sync per image would only cost time.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     for key, value in provenance.items():
         info.add_text(key, value)
-    tmp = path.with_name(f".{path.name}.tmp")
-    _pil(image).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") if atomic else open(path, "wb") as f:
+        _pil(image).save(f, format="PNG", pnginfo=info)
 
 
 def make_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:

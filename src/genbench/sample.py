@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from genbench.cli import hydra_entry
+from genbench.devices import pick_device
 from genbench.errors import GenbenchError
+from genbench.files import atomic_folder, check_writable
 from genbench.imageio import check_finite, check_not_constant, make_grid, provenance_chunks, save_png, to_uint8
 from genbench.noise import IndexedNoise
 from genbench.schema import check_config
@@ -29,18 +29,6 @@ from genbench.schema import check_config
 log = logging.getLogger("genbench.sample")
 
 
-def pick_device(name) -> torch.device:
-    name = str(name)
-    if name not in ("auto", "cpu") and not name.startswith("cuda"):
-        raise GenbenchError(f"device={name}; expected auto, cpu or cuda")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GenbenchError(f"device={name} but no CUDA GPU is visible; use device=cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise GenbenchError(f"device={name} is not a torch device (expected auto, cpu or cuda)") from exc
 
 
 def check_out(out: Path) -> None:
@@ -90,6 +78,7 @@ def sample(cfg: DictConfig) -> Path:
     n, batch_size, seed, nrow = cfg.n, cfg.batch_size, cfg.seed, cfg.nrow
     out = Path(cfg.out).expanduser()
     check_out(out)
+    check_writable(out.parent)  # a read-only or misplaced out= fails before the checkpoint loads
     device = pick_device(cfg.device)
     model, run_cfg = load_checkpoint(cfg.ckpt, map_location=device)
     labels = labels_for(model, cfg.prompt, cfg.labels, n)
@@ -110,15 +99,11 @@ def sample(cfg: DictConfig) -> Path:
 
     extra = {} if settings is None else {"sampler": settings["sampler"], "sampler_steps": settings["steps"]}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
+    with atomic_folder(out) as tmp:  # onto a new or empty folder: all samples appear at once, or none
         for i, image in enumerate(images):
             chunks = provenance_chunks(model.family, model.checkpoint_sha256, seed, index=i,
                                        label="" if labels is None else int(labels[i]), **extra)  # fmt: skip
-            save_png(tmp / f"sample_{i:05d}.png", image, chunks)
-        os.replace(tmp, out)  # onto a new or empty folder: all samples appear at once
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            save_png(tmp / f"sample_{i:05d}.png", image, chunks, atomic=False)
     nrow = nrow or (model.num_classes if labels is None and model.num_classes else 8)
     grid = grid_path(out)
     save_png(grid, make_grid(images, nrow=nrow), provenance_chunks(model.family, model.checkpoint_sha256, seed, **extra))

@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from genbench.cli import hydra_entry
 from genbench.data.order import rank_share
-from genbench.errors import GenbenchError
+from genbench.errors import GenbenchError, user_error_message
 from genbench.metrics.config import check_counts, check_metrics
 from genbench.metrics.evaluator import as_sampler_kwargs
 from genbench.metrics.store import write_score
@@ -32,7 +32,7 @@ from genbench.training.csv_logger import RunCSVLogger
 from genbench.training.identity import check_checkpoint_belongs, check_same_training, checkpoint_config
 from genbench.training.preflight import check_train_config
 from genbench.training.record import RUN_JSON, git_commit, read_json
-from genbench.training.run_folder import RunFolder
+from genbench.training.run_folder import RunFolder, check_run_name
 from genbench.training.speed import speed_switches
 from genbench.training.slurm import cluster_hooks
 from genbench.training.wandb_media import WandbMediaCallback
@@ -141,7 +141,9 @@ def finished_record(cfg: DictConfig, run_dir: Path, budget: Budget) -> dict | No
     path = run_dir / RUN_JSON
     if cfg.resume == "never" or not path.exists():
         return None
-    record = read_json(path)
+    record = read_json(path, what="run record")
+    if not isinstance(record, dict):
+        raise GenbenchError(f"{path} holds no run record (a JSON object); repair or remove it")
     if record.get("status") != "completed":
         return None
     spent = BudgetCallback(budget)  # the budget's own rule, applied to the run's final counts
@@ -166,6 +168,7 @@ def diverged_message(exc: Diverged, record: dict, run_dir: Path) -> str:
 def train(cfg: DictConfig) -> dict:
     """Checks, then the run folder claimed (one process at a time, one training config), then :func:`fit`."""
     composed = copy.deepcopy(cfg)  # as Hydra composed it, for .hydra/config.yaml
+    check_run_name(cfg.name)  # the CLI refuses it earlier, as Hydra reads the run path (conf/hydra/default.yaml)
     run_dir = Path(cfg.paths.output_dir)
     # DDP ranks other than zero rerun this command; rank zero alone locks and writes the run folder.
     with RunFolder(run_dir, owner=rank_zero_only.rank == 0) as folder:
@@ -229,7 +232,11 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
         record = record_cb.finish(trainer, model, "diverged", str(exc), diverged_at_step=exc.step)
         raise Diverged(diverged_message(exc, record, run_dir), exc.step) from exc
     except BaseException as exc:  # before training started, an existing record stays as it was
-        record_cb.finish(trainer, model, "failed", f"{type(exc).__name__}: {exc}")
+        reason = user_error_message(exc) or f"{type(exc).__name__}: {exc}"  # a full disk: "...: no space left on device"
+        try:
+            record_cb.finish(trainer, model, "failed", reason)
+        except OSError as record_exc:  # the disk may still refuse; the error to report is the first one
+            log.error("could not record the failure in %s: %s", record_cb.path, record_exc)
         raise
     test_metrics = {}
     if is_overridden("test_step", model):  # e.g. the VAE's ELBO and bits/dim on the test split, over every rank

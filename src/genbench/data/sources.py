@@ -20,6 +20,7 @@ from PIL import Image
 
 from genbench.data import idx
 from genbench.errors import GenbenchError
+from genbench.files import atomic_folder, check_writable
 
 SUPPORTED_IMAGE_SIZES = (28, 32, 64)
 SOURCES = ("fashion_mnist", "hf", "imagefolder")
@@ -253,17 +254,16 @@ def load_splits(spec: SourceSpec, cache_dir: str | Path) -> tuple[dict[str, data
             return {s: datasets.load_from_disk(str(folder / s)) for s in ("train", "test")}, key
         except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt below
             shutil.rmtree(folder, ignore_errors=True)
+    check_writable(folder.parent)  # a read-only cache or a file in its place fails now, not after the build
     if spec.source == "fashion_mnist":
         splits = _fashion_mnist(spec)
     elif spec.source == "hf":
         splits = _from_dataset_dict(_load_hf(spec), spec, f"HF dataset '{spec.name}'")
     else:
         splits = _from_dataset_dict(_load_imagefolder(spec), spec, f"image folder {spec.root}")
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for split, ds in splits.items():
-        ds.save_to_disk(str(tmp / split))
-    (tmp / "done").write_text(json.dumps(spec.__dict__))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(folder, replace=True) as tmp:
+        for split, ds in splits.items():
+            ds.save_to_disk(str(tmp / split))
+        (tmp / "done").write_text(json.dumps(spec.__dict__))
     return {s: datasets.load_from_disk(str(folder / s)) for s in ("train", "test")}, key

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from genbench.files import atomic_open, read_json, write_json
 from genbench.metrics.classifier import sha256_file
 
 log = logging.getLogger(__name__)
@@ -28,15 +28,6 @@ DEFAULT_DIR = "~/.cache/genbench"
 def cache_key(fields: dict) -> str:
     canonical = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class FeatureCache:
@@ -58,7 +49,7 @@ class FeatureCache:
         if not data_path.exists() and not meta_path.exists():
             return None
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = read_json(meta_path, what="cache entry")
             if sha256_file(data_path) != meta["sha256"]:
                 raise ValueError("checksum mismatch")
             features = torch.load(data_path, map_location="cpu", weights_only=True)
@@ -77,9 +68,10 @@ class FeatureCache:
         data_path, meta_path = self.paths(fields)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            _atomic_write(data_path, lambda p: torch.save({k: v.contiguous() for k, v in features.items()}, p))
+            with atomic_open(data_path, "wb") as f:
+                torch.save({k: v.contiguous() for k, v in features.items()}, f)
             meta = {"sha256": sha256_file(data_path), "fields": fields, "count": len(next(iter(features.values())))}
-            _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
+            write_json(meta_path, meta)
         except OSError as exc:  # a read-only or full cache dir costs time, not correctness
             log.warning("cannot write cache entry %s: %s", data_path, exc)
 

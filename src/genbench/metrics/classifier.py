@@ -15,7 +15,6 @@ float images the network was trained on, identically for generated and real imag
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genbench.errors import GenbenchError
+from genbench.files import read_json
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 WEIGHTS_PATH = ASSETS / "fmnist_classifier.pt"
@@ -90,10 +90,7 @@ def sha256_file(path: Path) -> str:
 
 def read_record(record_path: Path = RECORD_PATH) -> dict:
     """The json beside the shipped weights: sha256, test accuracy, training command and seed."""
-    try:
-        return json.loads(Path(record_path).read_text())
-    except (OSError, ValueError) as exc:
-        raise GenbenchError(f"cannot read the classifier record {record_path}: {exc}") from exc
+    return read_json(record_path, what="classifier record")
 
 
 def load_classifier(weights_path: str | Path | None = None, verify: bool = True) -> tuple[FashionClassifier, str]:

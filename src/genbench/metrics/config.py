@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from genbench.devices import pick_device
 from genbench.errors import GenbenchError
 from genbench.metrics.cache import DEFAULT_DIR
 from genbench.schema.check import validate
@@ -78,15 +79,7 @@ class MetricsConfig(Metrics):
         return fastest_sampling_batch(self.torch_device(), sampler)
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError as exc:
-            raise GenbenchError(f"metrics.device={self.device!r} is not a torch device (expected auto, cpu or cuda)") from exc
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise GenbenchError(f"metrics.device={self.device} but no CUDA GPU is visible; use metrics.device=auto or cpu")
-        return device
+        return pick_device(self.device, "metrics.device")
 
     def protocol_settings(self) -> dict:
         """The settings that enter the protocol, as configured (before ``auto`` or weights are resolved)."""

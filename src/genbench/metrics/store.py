@@ -15,13 +15,12 @@ before protocol ids existed is moved to ``metrics/<its legacy id>.json`` first, 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from genbench.errors import GenbenchError
 from genbench.metrics.protocol import record_protocol
-from genbench.training.record import write_json
+from genbench.files import check_writable, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +36,7 @@ def score_dir(target: Path) -> Path:
 
 def read_json_object(path: Path) -> dict | None:
     """A JSON object from ``path``, or None (with a warning) when it is unreadable or not an object."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        log.warning("skipping unreadable %s: %s", path, exc)
-        return None
+    value = read_json(path, skip_bad=True)
     return value if isinstance(value, dict) else None
 
 
@@ -64,10 +59,11 @@ def check_destination(path: Path, protocol: str) -> None:
 
 
 def check_store(target: Path) -> None:
-    """The per-protocol folder of ``target`` can be made (checked before any work)."""
+    """The per-protocol folder of ``target`` can be made and written (checked before any work)."""
     folder = score_dir(target)
     if folder.exists() and not folder.is_dir():
         raise GenbenchError(f"{folder} exists and is not a folder; genbench keeps one score per protocol there")
+    check_writable(folder)  # a read-only run folder fails now, not after sampling and scoring
 
 
 def write_score(target: Path, record: dict, own: bool = False) -> list[Path]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -26,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from genbench.data.idx import find_root, load_split
 from genbench.errors import GenbenchError, user_errors
+from genbench.files import atomic_open, write_json
 from genbench.metrics.classifier import ASSETS, JUNK_CLASS, PIXEL_MEAN, PIXEL_STD, FashionClassifier, sha256_file, to_grey28
 
 SHIFT = 2  # pixels of random translation
@@ -144,9 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "fmnist_classifier.pt"
-    tmp = weights.with_suffix(".pt.tmp")
-    torch.save({"arch": {"width": args.width, "num_classes": model.head.out_features}, "state_dict": model.state_dict()}, tmp)
-    os.replace(tmp, weights)
+    with atomic_open(weights, "wb") as f:
+        torch.save({"arch": {"width": args.width, "num_classes": model.head.out_features}, "state_dict": model.state_dict()}, f)
     record = {
         "sha256": sha256_file(weights),
         "test_accuracy": round(test_accuracy, 4),
@@ -165,8 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
     }
     record_path = out / "fmnist_classifier.json"
-    record_path.with_suffix(".json.tmp").write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(record_path.with_suffix(".json.tmp"), record_path)
+    write_json(record_path, record)
     print(json.dumps(record, indent=2))
 
 

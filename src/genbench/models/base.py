@@ -19,8 +19,9 @@ from genbench.schema.types import Flag, PositiveFloat, PositiveInt, Text
 from genbench import noise
 from genbench.errors import GenbenchError
 from genbench.models.ema import ImageEMA, checked_ema_settings
-from genbench.models.resume import StepEnd, collect_rng_states, non_finite_tensors, restore_rng_states
+from genbench.models.resume import StepEnd, collect_rng_states, restore_rng_states
 from genbench.training.budget import BudgetCallback
+from genbench.training.finite import non_finite_tensors
 from genbench.training.speed import compile_cache_dir, optimizer_kwargs
 
 

@@ -39,15 +39,6 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(state), gauss))
 
 
-def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
-    """Names of floating-point tensors holding NaN or inf, at the cost of one host sync."""
-    floats = {k: v for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()}
-    if not floats:
-        return []
-    finite = torch.stack([torch.isfinite(v).all() for v in floats.values()]).cpu()
-    return [name for name, ok in zip(floats, finite.tolist()) if not ok]
-
-
 class StepEnd(pl.Callback):
     """Runs ``pl_module.end_step(batch)`` after each training batch, before any checkpoint callback."""
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from genbench.cli import hydra_entry
+from genbench.devices import pick_device
 from genbench.errors import GenbenchError
+from genbench.files import write_json, write_text
 from genbench.schema import check_config
 from genbench.report import figures as fig
 from genbench.report.collect import Run, find_runs, missing_jobs
@@ -25,13 +26,6 @@ from genbench.training.record import git_commit
 
 log = logging.getLogger("genbench.report")
 FIGURE_STEMS = ("samples", "ddim_steps", "ddim_fid", "vae_interpolation", "fid_vs_compute", "throughput", "sampler_cost")
-
-
-def write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def draw_figures(runs: list[Run], cfg: DictConfig, out: Path, device, notes: list[str]) -> list[Path]:
@@ -106,7 +100,7 @@ def report(cfg: DictConfig) -> dict:
     if out.exists() and not out.is_dir():  # checked first: a report that cannot be written is not worth drawing
         raise GenbenchError(f"out={out} is a file; expected a folder for the report (new, or one of an earlier report)")
     runs = find_runs(sweep)
-    device = fig.pick_device(cfg.report.device)  # bad input fails here, before anything is written
+    device = pick_device(cfg.report.device, "report.device")  # bad input fails here, before anything is written
     missing = missing_jobs(sweep, runs)
     log.info("%d runs under %s (%s)%s", len(runs), sweep, ", ".join(f"{r.family}/{r.seed}:{r.status}" for r in runs),
              f"; {len(missing)} sweep job(s) left no run.json" if missing else "")  # fmt: skip
@@ -134,7 +128,7 @@ def report(cfg: DictConfig) -> dict:
         images = [p for p in written if p.suffix == ".png"]
         folder = log_report(summary, out, images, group, cfg.report.wandb_project)
         record["wandb_run"] = None if folder is None else str(folder)
-    write_text(out / "report.json", json.dumps(record, indent=2, default=str) + "\n")
+    write_json(out / "report.json", record)
     print(markdown, end="")
     return record
 

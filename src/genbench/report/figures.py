@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +21,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from genbench.errors import GenbenchError  # noqa: E402
+from genbench.files import atomic_open  # noqa: E402
 from genbench.imageio import make_grid, provenance_chunks, to_uint8  # noqa: E402
 from genbench.report.collect import Run  # noqa: E402
 
@@ -42,9 +42,8 @@ def save_figure(fig, stem: Path, provenance: dict[str, str]) -> list[Path]:
     written = []
     for suffix, metadata in ((".png", provenance), (".pdf", pdf_info)):
         final = stem.with_suffix(suffix)
-        tmp = final.with_name(f".{final.stem}.tmp{suffix}")
-        fig.savefig(tmp, dpi=150, bbox_inches="tight", metadata=metadata)
-        os.replace(tmp, final)
+        with atomic_open(final, "wb") as f:  # matplotlib takes the format from ``format``, not the temporary name
+            fig.savefig(f, format=suffix[1:], dpi=150, bbox_inches="tight", metadata=metadata)
         written.append(final)
     plt.close(fig)
     return written
@@ -63,16 +62,6 @@ def plot_provenance(runs: list[Run], what: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- sampling
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise GenbenchError(f"report.device={name} but no CUDA GPU is visible; use report.device=cpu or auto")
-    if name not in ("cpu",) and not str(name).startswith("cuda"):
-        raise GenbenchError(f"report.device={name}; expected auto, cpu or cuda")
-    return torch.device(name)
-
-
 def first_seed_runs(runs: list[Run]) -> dict[str, Run]:
     """Per family, the completed run with a checkpoint that comes first (by setting, then seed)."""
     chosen: dict[str, Run] = {}
@@ -345,10 +334,8 @@ def throughput_figure(runs: list[Run], fig_dir: Path) -> list[Path]:
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
     return path

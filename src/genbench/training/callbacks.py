@@ -54,7 +54,7 @@ class RunRecordCallback(pl.Callback):
 
     def finish(self, trainer, pl_module, status: str, stop_reason: str | None, **fields) -> dict:
         if not self.session_started and self.path.exists():
-            return read_json(self.path)
+            return read_json(self.path, what="run record")
         return self.update(trainer, pl_module, status=status, stop_reason=stop_reason, finished=now(), **fields)
 
 

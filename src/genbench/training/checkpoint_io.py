@@ -25,20 +25,12 @@ from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from genbench.errors import GenbenchError
-from genbench.models.resume import non_finite_tensors
+from genbench.files import atomic_open, atomic_path
 from genbench.training.budget import BudgetCallback
+from genbench.training.finite import non_finite_tensors
 
 log = logging.getLogger(__name__)
 LAST, PREVIOUS = "last.ckpt", "previous.ckpt"
-
-
-def _replace_synced(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -47,20 +39,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
+        # The new checkpoint is written whole (genbench.files) before the old one moves to previous.ckpt, so a
+        # failed write (a full disk) leaves both names as they were and no temporary file behind.
+        with atomic_open(path, "wb") as f:
             torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.name == LAST and path.exists():
-            link = path.with_name(f".{PREVIOUS}.tmp")
-            link.unlink(missing_ok=True)
-            try:
-                os.link(path, link)
-            except OSError:  # a file system without hard links
-                shutil.copyfile(path, link)
-            _replace_synced(link, path.with_name(PREVIOUS))
-        _replace_synced(tmp, path)
+            if path.name == LAST and path.exists():
+                with atomic_path(path.with_name(PREVIOUS)) as link:
+                    try:
+                        os.link(path, link)
+                    except OSError:  # a file system without hard links
+                        shutil.copyfile(path, link)
 
 
 def _unreadable(path: Path) -> str | None:

@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from genbench.devices import pick_device
 from genbench.errors import GenbenchError
 from genbench.schema import check_config
 from genbench.training.speed import optimizer_kwargs, reconcile_fused_optimizer, resolve_precision, speed_switches
@@ -56,7 +57,7 @@ def check_optimizers(cfg: DictConfig) -> None:
     """Build every ``torch.optim`` node under ``model`` on a dummy parameter: torch checks lr, betas, eps, ... and
     whether it has a fused kernel for this device when ``hardware.fused_optimizer`` asks for one."""
     extra = optimizer_kwargs(speed_switches(cfg.hardware)["fused_optimizer"] is True)
-    device = "cuda" if cfg.hardware.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+    device = pick_device("cpu" if cfg.hardware.accelerator == "cpu" else "auto")
     nodes = [(key, node) for key, node in cfg.model.items()
              if isinstance(node, DictConfig) and str(node.get("_target_", "")).startswith("torch.optim.")]  # fmt: skip
     for key, node in nodes:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import resource
 import subprocess
 from pathlib import Path
 
 import torch
+
+from genbench.files import read_json, write_json  # noqa: F401 - run.json is read and written as every JSON file
 
 RUN_JSON = "run.json"
 
@@ -72,12 +73,3 @@ def speed_info(trainer, pl_module) -> dict:
         "on_device": bool(config.get("data", {}).get("on_device", False)),
     }
 
-
-def write_json(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -8,11 +8,12 @@ WandbLogger is among the trainer's loggers.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
+
+from genbench.files import read_json
 
 log = logging.getLogger(__name__)
 RECORD_KEYS = ("status", "stop_reason", "params", "images_seen", "steps", "train_seconds", "img_per_s", "peak_mem_mb")
@@ -94,7 +95,7 @@ class WandbMediaCallback(pl.Callback):
                 summary[f"run/{key}"] = record[key]
         metrics = record.get("metrics")
         if metrics is None and (self.run_dir / "metrics.json").is_file():
-            metrics = json.loads((self.run_dir / "metrics.json").read_text())
+            metrics = read_json(self.run_dir / "metrics.json", skip_bad=True, what="score")
         for key in METRIC_KEYS:
             if metrics and metrics.get(key) is not None:
                 summary[f"eval/{key}"] = metrics[key]
