@@ -53,7 +53,7 @@ BAD = {
     "gan_steps": ("evaluate", ["{gan}", "sampler.steps=10"], ["takes no sampler", "sampler.steps=10"]),
     "bad_steps": ("evaluate", ["{diffusion}", "sampler.steps=abc"], ["abc"]),
     "bogus_extractor": ("evaluate", ["{diffusion}", "metrics.extractor=bogus"], ["metrics.extractor='bogus'"]),
-    "n_samples_abc": ("evaluate", ["{diffusion}", "metrics.n_samples=abc"], ["metrics.n_samples='abc'"]),
+    "n_samples_abc": ("evaluate", ["{diffusion}", "metrics.n_samples=abc"], ["metrics.n_samples=abc", "integer"]),
     "out_existing_dir": ("evaluate", ["{diffusion}", "out={work}"], ["is a folder"]),
     "out_other_protocol": ("evaluate", ["{own}", "out={work}/again.json"], ["already holds", "protocol"]),
     "samples_with_sampler": ("evaluate", ["samples={work}/pngs", "sampler.steps=3"], ["sampler"]),

@@ -26,7 +26,7 @@ N = 16
 # Bad input: name -> (arguments after ckpt=, words of the error line)
 BAD = {
     "n_not_a_number": (["n=abc", "out={root}/bad"], ["n=abc", "integer"]),
-    "batch_size_zero": (["batch_size=0", "out={root}/bad"], ["batch_size=0", "auto or an integer"]),
+    "batch_size_zero": (["batch_size=0", "out={root}/bad"], ["batch_size=0", "auto or a positive integer"]),
     "batch_size_word": (["batch_size=big", "out={root}/bad"], ["batch_size=big", "auto or an integer"]),
     "seed_not_a_number": (["seed=abc", "out={root}/bad"], ["seed=abc"]),
     "bogus_device": (["device=bogus", "out={root}/bad"], ["device=bogus"]),

@@ -183,7 +183,7 @@ CLI_CASES = {
     "nearest_name": ("train", ["+model.net.base_chanels=3"], ["model.net.base_chanels", "base_channels"]),
     "infinite_minutes": ("train", ["budget.max_minutes=inf"], ["budget.max_minutes=inf", "finite"]),
     "nan_minutes": ("train", ["budget.max_minutes=nan"], ["budget.max_minutes=nan", "finite"]),
-    "run_outside_runs": ("train", ["name=../../x"], ["name=../../x"]),
+    "run_outside_runs": ("train", ["name=../../x"], ["name=", "../../x"]),
     "empty_name": ("train", ["name="], ["name="]),
     "unknown_schedule": ("train", ["model.schedule.kind=foo"], ["model.schedule.kind=foo", "cosine"]),
     "x0_prediction": ("train", ["model.schedule.prediction=x0"], ["model.schedule.prediction=x0", "eps"]),

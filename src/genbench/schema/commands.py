@@ -27,12 +27,25 @@ def resolved(cfg: DictConfig | dict) -> dict:
     """The config as plain values, interpolations resolved (one that cannot be is a GenbenchError naming both keys)."""
     if not isinstance(cfg, DictConfig):
         return dict(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # a command run as a function: Hydra's own values (the run folder) are unset
+        cfg = OmegaConf.create(_without_hydra_values(OmegaConf.to_container(cfg)))
     try:
         return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         key, reason = getattr(exc, "full_key", None), str(exc).splitlines()[0]
         raw = OmegaConf.select(OmegaConf.create(OmegaConf.to_container(cfg)), key) if key else None
         raise GenbenchError(f"{key or 'the config'}={raw}: {reason}") from None
+
+
+def _without_hydra_values(node):
+    """``${hydra:...}`` interpolations replaced by a placeholder, so the rest resolves outside a Hydra run."""
+    if isinstance(node, dict):
+        return {k: _without_hydra_values(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_without_hydra_values(v) for v in node]
+    return "hydra-runtime-value" if isinstance(node, str) and "${hydra:" in node else node
 
 
 def check_trainer_arguments(trainer: dict) -> None:

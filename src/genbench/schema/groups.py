@@ -134,7 +134,7 @@ class Metrics(Group):
     memorization: Flag = True
     heldout_split: SPLITS = "test"
     memorization_percentile: Percentile = 5.0
-    batch_size: PositiveInt | Auto = "auto"
+    batch_size: Auto | PositiveInt = "auto"
     kid_subsets: PositiveInt = 100
     kid_subset_size: PositiveInt = 1000
     isc_splits: PositiveInt = 10
@@ -174,7 +174,7 @@ class Sample(Group):
     prompt: Text | None = None
     labels: NonNegativeInt | list[NonNegativeInt] | None = None
     device: Device = "auto"
-    batch_size: PositiveInt | Auto = "auto"
+    batch_size: Auto | PositiveInt = "auto"
     nrow: PositiveInt | None = None
     sampler: Sampler
 
