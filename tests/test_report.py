@@ -36,7 +36,8 @@ def _report_cfg(*overrides: str):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("report", overrides=list(overrides))
+        # paths.output_dir is Hydra's run folder, unset outside a Hydra run: in-process, the report's own out=
+        return compose("report", overrides=["paths.output_dir=${out}", *overrides])
 
 
 @pytest.fixture(scope="module")
