@@ -14,6 +14,10 @@ BENCH_ARGS ?=
 # The default report on a CPU: the DDIM step grid without its FID curve (figures/sampler_cost, about two minutes at
 # report.cost_n=200, has FID against cost for every sampler, DDIM's included).
 REPORT_ARGS ?= report.ddim_fid_n=0
+# Every family genbench trains: the names of conf/model/*.yaml, comma-separated (as genbench.models.families()).
+comma := ,
+space := $(subst ,, )
+FAMILIES := $(subst $(space),$(comma),$(sort $(basename $(notdir $(wildcard conf/model/*.yaml)))))
 # GPU when one is visible, else CPU; override with `make run HARDWARE=gpu_bf16`.
 HARDWARE ?= $(shell $(PY) -c "import torch; print('gpu' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 
@@ -38,8 +42,8 @@ data: ## install Debian's dataset-fashion-mnist when apt is usable as root (skip
 
 setup: $(STAMP) data ## create .venv and install genbench with its dev extra, plus the data
 
-run: setup ## train gan, vae and diffusion under one budget, evaluate, write results/fashion_mnist_default/
-	$(PY) -m genbench.train -m experiment=fashion_mnist_default model=gan,vae,diffusion hardware=$(HARDWARE)
+run: setup ## train every family (conf/model/) under one budget, evaluate, write results/fashion_mnist_default/
+	$(PY) -m genbench.train -m experiment=fashion_mnist_default model=$(FAMILIES) hardware=$(HARDWARE)
 	$(PY) -m genbench.report sweep=runs/fashion_mnist_default out=results/fashion_mnist_default $(REPORT_ARGS)
 
 test: setup ## the whole test suite (what CI runs)

@@ -4,14 +4,15 @@
 
 OVERRIDEs are genbench's Hydra overrides of ``train`` (``hardware=gpu_bf16``, ``data.batch_size=256``): the
 genbench side runs exactly that configuration (``hardware.precision=auto``: bf16 autocast where the machine has
-native bf16, and diffusion sampling with ``sampler.precision=bf16-mixed`` there), and each peer the same widths and
+native bf16, and sampling with ``sampler.precision=bf16-mixed`` there), and each peer the same widths and
 batch in fp32, as its users run it by default and as issue 12 measured its targets; where genbench runs mixed, the
 peer also runs under the same autocast and its figure and ratio are printed beside ("peer autocast"). Comparisons
 (each in this one process, contenders alternating round by round, medians over rounds):
 
-* ``diffusion_train``: genbench's Lightning run of ``model=diffusion`` vs diffusers ``UNet2DModel`` at the same
-  widths, and vs a bare loop of genbench's own step (``lightning_overhead_diffusion``);
-* ``gan_train``: genbench's GAN vs a pytorch/examples-style DCGAN at equal widths, and vs a bare loop;
+* ``<family>_train``, for every family with a training peer (``peers.TRAINING_PEERS``): genbench's Lightning run of
+  ``model=<family>`` vs its peer at the same widths (diffusers ``UNet2DModel`` for the U-Net denoiser, a
+  pytorch/examples-style DCGAN for the DCGAN), and vs a bare loop of genbench's own step
+  (``lightning_overhead_<family>``);
 * ``sample_<sampler>``: genbench's evaluator sampling (DDIM 20, DPM-Solver++(2M) 20) vs a diffusers scheduler loop
   over the same network, batch and labels;
 * ``evaluate_<n>``: genbench's whole evaluation of n images (warm feature cache, memorization included) vs
@@ -44,17 +45,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers  # noqa: E402
 import timing  # noqa: E402
+from genbench.models import families  # noqa: E402
 
-# Issue 12's targets: genbench / peer throughput ratio at least this much (evaluation: time <= peer's + 10%).
+# The families with a training peer (peers.TRAINING_PEERS), in genbench's order of families (conf/model/).
+TRAINED = [family for family in families() if family in peers.TRAINING_PEERS]
+# Issue 12's targets: genbench / peer throughput ratio at least this much (evaluation: time <= peer's + 10%); a
+# family's training target is its peer's, and a Lightning run may cost at most 5% over a bare loop of its step.
 TARGETS = {
-    "diffusion_train": 1.4, "lightning_overhead_diffusion": 1 / 1.05, "gan_train": 1.0, "lightning_overhead_gan": 1 / 1.05,
+    **{f"{family}_train": peers.TRAINING_PEERS[family].ratio_target for family in TRAINED},
+    **{f"lightning_overhead_{family}": 1 / 1.05 for family in TRAINED},
     "sample_ddim20": 2.0, "sample_dpmpp_2m20": 2.0, "evaluate_1000": 1 / 1.1, "evaluate_10000": 1 / 1.1,
 }  # fmt: skip
-# Issue 12's H100 targets for the paper-size U-Net (--paper): genbench's own throughput (the peer's is context).
-PAPER_TARGETS = {"diffusion_train": 5000.0, "sample_ddim50": 470.0}
+# Issue 12's H100 targets for the paper-size network (--paper): genbench's own throughput (the peer's is context).
+PAPER_TRAINED = [family for family in TRAINED if peers.TRAINING_PEERS[family].paper_target is not None]
+PAPER_TARGETS = {**{f"{family}_train": peers.TRAINING_PEERS[family].paper_target for family in PAPER_TRAINED},
+                 "sample_ddim50": 470.0}  # fmt: skip
 FULL = {"rounds": 7, "train_warm": 2, "train_steps": 6, "gan_steps": 30, "sample_rounds": 3, "eval_rounds": 3,
         "sample_steps": 20, "samplers": ("ddim", "dpmpp_2m"), "sample_n": 128, "eval_n": (1000, 10000), "subset": None,
-        "n_reference": None, "only": ("diffusion", "gan", "sampling", "evaluation"), "overrides": (),
+        "n_reference": None, "only": (*TRAINED, "sampling", "evaluation"), "overrides": (),
         "ratio_targets": TARGETS, "throughput_targets": {}}  # fmt: skip
 TINY_SIZES = {"rounds": 1, "train_warm": 1, "train_steps": 1, "gan_steps": 1, "sample_rounds": 1, "eval_rounds": 1,
               "sample_steps": 2, "eval_n": (100,), "subset": 256, "batch_size": 16, "sample_n": 8,
@@ -64,7 +72,7 @@ TINY = {**FULL, **TINY_SIZES}
 # trained and sampled with DDIM 50 at a sampling batch of 512. Fashion-MNIST padded to 32 px and made RGB stands in
 # for CIFAR-10 (hub datasets cannot be fetched everywhere; throughput does not depend on the pictures).
 PAPER = {**FULL, "rounds": 3, "train_warm": 3, "train_steps": 30, "sample_rounds": 3, "sample_steps": 50,
-         "samplers": ("ddim",), "sample_n": 1024, "only": ("diffusion", "sampling"), "ratio_targets": {},
+         "samplers": ("ddim",), "sample_n": 1024, "only": (*PAPER_TRAINED, "sampling"), "ratio_targets": {},
          "throughput_targets": PAPER_TARGETS,
          "overrides": ("model/size=paper", "data.image_size=32", "data.channels=3", "data.batch_size=128",
                        "metrics.batch_size=512")}  # fmt: skip
@@ -148,7 +156,8 @@ def with_flops(result: dict, flops_per_unit: dict[str, float], peak: float) -> d
 def compare_training(cfg, datamodule, mode: dict, peak: float) -> list[dict]:
     """genbench's Lightning run of ``cfg.model`` vs the family's peer and vs a bare loop of genbench's own step."""
     family = cfg.model.family
-    run = GenbenchRun(cfg, datamodule, mode["train_warm"], mode["train_steps" if family == "diffusion" else "gan_steps"])
+    peer = peers.TRAINING_PEERS[family]
+    run = GenbenchRun(cfg, datamodule, mode["train_warm"], mode[peer.steps])
     device, model = run.device, run.model
     precision = lambda: timing.autocast(str(cfg.hardware.precision), device)  # noqa: E731
     model.to(device)
@@ -159,19 +168,7 @@ def compare_training(cfg, datamodule, mode: dict, peak: float) -> list[dict]:
     peer_precisions = {"peer": lambda: timing.autocast("32-true", device)}
     if mixed(cfg):
         peer_precisions["peer_autocast"] = precision
-    peer_steps = {}
-    if family == "diffusion":
-        for name, ctx in peer_precisions.items():
-            unet = peers.diffusers_unet(dict(cfg.model.net), *model.image_shape[:2], model.num_classes).to(device)
-            peer_steps[name] = peers.diffusers_train_step(unet, model.schedule, model.num_classes, model.label_dropout, ctx)
-        peer_name = "diffusers UNet2DModel"
-        bare = peers.genbench_bare_diffusion_step(model, precision)
-        params = {"genbench": sum(p.numel() for p in model.net.parameters()), "peer": sum(p.numel() for p in unet.parameters())}
-    else:
-        peer_steps = {name: peers.dcgan_examples_step(model, device, ctx) for name, ctx in peer_precisions.items()}
-        peer_name = "pytorch/examples DCGAN"
-        bare = peers.genbench_bare_gan_step(model, precision)
-        params = {"genbench": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("ema."))}
+    peer_steps, peer_name, bare, params = peer.build(cfg, model, device, peer_precisions, precision)
     flops = {"genbench": timing.count_flops(lambda: bare(next(data))) / batch, "bare": None}
     flops |= {name: timing.count_flops(lambda: step(next(data))) / batch for name, step in peer_steps.items()}
     flops["bare"] = flops["genbench"]
@@ -416,7 +413,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "with --tiny, its smoke run")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=None, help="rounds per comparison (default 7; sampling and evaluation 3)")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
-    parser.add_argument("--only", nargs="+", choices=["diffusion", "gan", "sampling", "evaluation"], default=None)
+    parser.add_argument("--only", nargs="+", choices=[*TRAINED, "training", "sampling", "evaluation"], default=None,
+                        help="a family's training comparison, every family's (training), sampling, evaluation")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="genbench train overrides (hardware=gpu_bf16, data.batch_size=...)")
     args = parser.parse_args(argv)
     mode = dict(PAPER if args.paper else FULL)
@@ -436,7 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = [*mode["overrides"], *args.overrides]
     if args.paper and torch.cuda.is_available():
         overrides.insert(0, "data.on_device=true")  # the whole uint8 set on the GPU, as experiment=cifar10_compare
-    cfg = compose(overrides, mode)  # model=diffusion unless the overrides say otherwise
+    cfg = compose(overrides, mode)  # train.yaml's default model unless the overrides say otherwise: it takes a sampler
     from hydra.utils import instantiate
 
     datamodule = instantiate(cfg.data)
@@ -446,15 +444,14 @@ def main(argv: list[str] | None = None) -> dict:
     peak = {"fp32": timing.matmul_peak(torch.float32, device), "bf16": timing.matmul_peak(torch.bfloat16, device)}
     peak_now = peak["bf16" if str(cfg.hardware.precision).startswith("bf16") else "fp32"]
     only = set(args.only or mode["only"])
+    if "training" in only:
+        only |= set(TRAINED)
     comparisons = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="genbench-bench-") as workdir:
-        if "diffusion" in only:
-            say("diffusion training")
-            comparisons += compare_training(compose(overrides + ["model=diffusion"], mode), datamodule, mode, peak_now)
-        if "gan" in only:
-            say("GAN training")
-            comparisons += compare_training(compose(overrides + ["model=gan"], mode), datamodule, mode, peak_now)
+        for family in (f for f in TRAINED if f in only):
+            say(f"{family} training")
+            comparisons += compare_training(compose(overrides + [f"model={family}"], mode), datamodule, mode, peak_now)
         if "sampling" in only:
             say("sampling")
             comparisons += compare_sampling(cfg, datamodule, mode, peak)

@@ -29,7 +29,7 @@ timeout "$(left 120)" python3 -m pytest -q -p no:cacheprovider -k gpu tests/test
 echo "== bench --paper ($((SECONDS - START)) s)"
 timeout "$(left 330)" python3 benchmarks/bench.py --paper --out "$OUT" hardware=gpu_bf16 2>&1 | tee "$OUT/bench-paper.log" \
   | grep -v "^\[bench" | tail -30
-for part in "diffusion gan" "sampling evaluation"; do
+for part in "training" "sampling evaluation"; do
   echo "== bench --only $part ($((SECONDS - START)) s)"
   timeout "$(left 200)" python3 benchmarks/bench.py --only $part --out "$OUT" hardware=gpu_bf16 \
     >>"$OUT/bench-cpu-size.log" 2>&1

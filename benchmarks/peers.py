@@ -12,14 +12,15 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from genbench.diffusion.samplers import spaced_timesteps
-from genbench.models.diffusion import diffusion_loss, drop_labels
+from genbench.models.diffusion import DiffusionModule, diffusion_loss, drop_labels
+from genbench.models.gan import GANModule
 
 
 def batches(datamodule, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -48,7 +49,7 @@ def steps_runner(step: Callable[[tuple], None], data: Iterator, warm: int, steps
     return run
 
 
-# ---------------------------------------------------------------------------------------------- diffusion
+# ---------------------------------------------------------------------------------------------- the denoiser
 def diffusers_unet(net_cfg: dict, channels: int, image_size: int, num_classes: int | None) -> nn.Module:
     """diffusers' ``UNet2DModel`` with the widths, depth, attention levels and heads of genbench's ``UNet`` config."""
     from diffusers import UNet2DModel
@@ -100,7 +101,7 @@ def diffusers_train_step(unet: nn.Module, schedule, num_classes: int | None, lab
 
 
 def genbench_bare_diffusion_step(model, precision_ctx):
-    """genbench's diffusion step (loss, AdamW, EMA) in a plain loop: the Lightning run minus Lightning."""
+    """genbench's denoising step (loss, AdamW, EMA) in a plain loop: the Lightning run minus Lightning."""
     optimizer = model.configure_optimizers()
     net = getattr(model, "train_net", model.net)
     images_seen = [0]
@@ -228,3 +229,40 @@ def genbench_bare_gan_step(model, precision_ctx):
         images_seen[0] += real.shape[0]
 
     return step
+
+
+# ---------------------------------------------------------------------------------------------- training peers
+class TrainingPeer(NamedTuple):
+    """A family's peer for the training comparison, and issue 12's targets for it.
+
+    ``build(cfg, model, device, precisions, genbench_precision)``: ``(peer steps by precision name, peer's name,
+    genbench's bare step, parameter counts)``. ``steps``: the mode's key for steps per round. ``ratio_target``:
+    genbench/peer throughput at least this; ``paper_target``: genbench's img/s for ``--paper``, if it has one.
+    """
+
+    build: Callable
+    steps: str
+    ratio_target: float
+    paper_target: float | None = None
+
+
+def _unet_peer(cfg, model, device, precisions: dict, genbench_precision):
+    steps = {}
+    for name, ctx in precisions.items():
+        unet = diffusers_unet(dict(cfg.model.net), *model.image_shape[:2], model.num_classes).to(device)
+        steps[name] = diffusers_train_step(unet, model.schedule, model.num_classes, model.label_dropout, ctx)
+    params = {"genbench": sum(p.numel() for p in model.net.parameters()), "peer": sum(p.numel() for p in unet.parameters())}
+    return steps, "diffusers UNet2DModel", genbench_bare_diffusion_step(model, genbench_precision), params
+
+
+def _dcgan_peer(cfg, model, device, precisions: dict, genbench_precision):
+    steps = {name: dcgan_examples_step(model, device, ctx) for name, ctx in precisions.items()}
+    params = {"genbench": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("ema."))}
+    return steps, "pytorch/examples DCGAN", genbench_bare_gan_step(model, genbench_precision), params
+
+
+# By the family each peer is written for (its module class's ``family``); the bench compares every family here.
+TRAINING_PEERS = {
+    DiffusionModule.family: TrainingPeer(_unet_peer, "train_steps", ratio_target=1.4, paper_target=5000.0),
+    GANModule.family: TrainingPeer(_dcgan_peer, "gan_steps", ratio_target=1.0),
+}

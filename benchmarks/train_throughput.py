@@ -1,6 +1,6 @@
 """Training throughput of each family on this machine, as img/s and as a ratio to a reference workload.
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 30] [--families gan vae diffusion] [--hardware cpu]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 30] [--families NAME ...] [--hardware cpu]
 
 Each family trains ``--steps`` batches through the real entry point (Lightning loop, EMA, logging) on
 Fashion-MNIST; run.json's img/s is printed beside the same machine's speed on a fixed conv reference measured
@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from genbench.models import families
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +42,7 @@ def reference_img_per_s(batch: int = 64, repeats: int = 5) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--families", nargs="+", default=["gan", "vae", "diffusion"])
+    parser.add_argument("--families", nargs="+", default=families(), help="default: every conf/model/*.yaml")
     parser.add_argument("--hardware", default="cpu")
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()

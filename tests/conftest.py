@@ -24,9 +24,12 @@ os.environ["WANDB_SILENT"] = "true"
 # several times slower than one; subprocesses inherit this too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from genbench.models import families  # noqa: E402 - after the environment above, which imports read once
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
-FAMILIES = ("gan", "vae", "diffusion")
+# Every family, as the Makefile and the report list them: conf/model/*.yaml (genbench.models.families).
+FAMILIES = tuple(families())
 # run.json, as the contract names it
 RUN_FIELDS = {"family", "status", "stop_reason", "seed", "params", "images_seen", "steps", "train_seconds", "img_per_s",
               "peak_mem_mb", "hardware", "git_commit", "started", "finished"}  # fmt: skip
@@ -39,12 +42,30 @@ def cpu_precision() -> str:
 
     return "bf16-mixed" if native_bf16("cpu") else "32-true"
 
-# Width-8 networks and short samplers: enough to exercise every code path, cheap enough for CPU CI.
-TINY_MODEL = {
-    "gan": ["model.generator.base_channels=8", "model.generator.latent_dim=16", "model.discriminator.base_channels=8"],
-    "vae": ["model.net.base_channels=8", "model.net.latent_dim=8"],
-    "diffusion": ["model.net.base_channels=8", "model.net.num_heads=2"],
-}
+# Width-8 networks and short samplers: enough to exercise every code path, cheap enough for CPU CI. Each family's
+# networks are shrunk by what their config holds, whatever the family: every base_channels to 8, every
+# latent_dim to a quarter, every num_heads to 2 (a new family's conf/model/FAMILY.yaml gets the same).
+TINY_WIDTHS = {"base_channels": lambda v: 8, "latent_dim": lambda v: max(1, v // 4), "num_heads": lambda v: 2}
+
+
+def tiny_model_overrides(family: str) -> list[str]:
+    """``model.…`` overrides that shrink ``family``'s networks (see TINY_WIDTHS), found in conf/model/FAMILY.yaml."""
+    from omegaconf import DictConfig, OmegaConf
+
+    found = []
+
+    def walk(node: DictConfig, path: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, DictConfig):
+                walk(value, f"{path}.{key}")
+            elif key in TINY_WIDTHS and isinstance(value, int):
+                found.append(f"{path}.{key}={TINY_WIDTHS[key](value)}")
+
+    walk(OmegaConf.load(CONF_DIR / "model" / f"{family}.yaml"), "model")
+    return found
+
+
+TINY_MODEL = {family: tiny_model_overrides(family) for family in FAMILIES}
 TINY_RUN = [
     "data.subset=64",
     "data.batch_size=16",

@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import FAMILIES, assert_contract_error, requires_fmnist, run_cli_batch, train_run
 from genbench.data.idx import find_root, load_split
 from genbench.metrics import CONTRACT_FIELDS
+from genbench.models import family_class
 
 N = 300
 FAST = ["metrics.n_reference=1000", "metrics.heldout_split=val", "metrics.kid_subsets=10", "metrics.extractor=fmnist_classifier"]
@@ -39,6 +40,10 @@ def work(tmp_path_factory, fmnist) -> Path:
         train_run(root / family, family, "budget.max_steps=2")
     train_run(root / "own", "diffusion", "budget.max_steps=2", *OWN)
     return root
+
+
+def takes_sampler(family: str) -> bool:
+    return family_class(family).takes_sampler
 
 
 def _ckpt(work: Path, run: str) -> str:
@@ -73,7 +78,7 @@ def results(work) -> dict:
         "neither": [],
         "inception_offline": [f"samples={work / 'fake.npz'}", f"reference={work / 'real.npz'}", "metrics.extractor=inception",
                               "metrics.inception_weights=null"],
-        **{family: [runs[family], "metrics.n_samples=100", *FAST, *(["sampler=ddim", "sampler.steps=3"] if family == "diffusion" else [])]
+        **{family: [runs[family], "metrics.n_samples=100", *FAST, *(["sampler=ddim", "sampler.steps=3"] if takes_sampler(family) else [])]
            for family in FAMILIES},
         "own": [runs["own"]],  # the run's own protocol: n_fake 60, DDIM 3 steps, from its config
         # batch size is no part of a protocol; out=: the own score's file keeps the first record, for comparison
@@ -139,10 +144,10 @@ def test_checkpoint_of_every_family_is_scored_under_its_protocol(results, work, 
     assert set(CONTRACT_FIELDS) <= set(record)
     assert record["n_fake"] == 100 and record["family"] == family and record["sample_seconds_per_1k"] > 0
     assert all(isinstance(record[k], float) for k in ("fid", "kid_mean", "precision", "recall", "memorization"))
-    if family == "diffusion":
+    if takes_sampler(family):
         assert (record["sampler"], record["sampler_steps"]) == ("ddim", 3) and "-ddim3-" in record["protocol"]
         assert record["sampler_settings"]["sampler"] == "ddim" and record["sampler_nfe"] >= 3
-    else:  # a GAN or VAE takes no sampler: none is recorded, and none is logged
+    else:  # a one-pass model takes no sampler: none is recorded, and none is logged
         assert record["sampler"] is None and record["sampler_steps"] is None and record["sampler_settings"] is None
         assert "ddim" not in record["protocol"] and "ddim" not in results[family].stderr.lower()
     # metrics.n_samples=100 is not the run's own protocol (its config says 10,000): metrics.json stays unwritten.

@@ -29,11 +29,11 @@ from conftest import HARDWARE_FIELDS, RUN_FIELDS, compose_train, cpu_precision, 
 from genbench.diffusion.samplers import DDIMSampler
 from genbench.errors import GenbenchError
 from genbench.imageio import make_grid, read_png_text, to_uint8
-from genbench.models import build_model, load_checkpoint
+from genbench.models import build_model, family_class, load_checkpoint
 from genbench.noise import IndexedNoise
 
 STEPS = 3
-SAMPLER = {"sampler": "ddim", "steps": 4}  # every family takes sampler settings; only diffusion uses them
+SAMPLER = {"sampler": "ddim", "steps": 4}  # every family takes sampler settings; only one that takes a sampler uses them
 CLASS_NAMES = [f"class{i}" for i in range(10)]
 
 
@@ -77,6 +77,7 @@ class FamilyContract:
     learn_overrides: tuple[str, ...] = ()
     learn_batches = 40
     learn_ratio = 0.8  # the criterion after training must be below this fraction of its value before
+    optimizer_steps_per_batch = 1  # Lightning's max_steps counts optimizer steps
 
     # ------------------------------------------------------------------ one tiny run per family
     @pytest.fixture(scope="class")
@@ -187,6 +188,31 @@ class FamilyContract:
         assert torch.equal(copy_raw.sample(4, generator=generator(0), **SAMPLER), reference), "sampling used raw weights"
         assert not torch.equal(copy_ema.sample(4, generator=generator(0), **SAMPLER), reference)
 
+    def test_declared_capabilities_are_kept(self, trained):
+        """What the family's class declares (``takes_sampler``, ``step_sampler``, ``interpolates``, ``encodes_images``)
+        it does, through the calls each promises; the class the config names is the one read without a model."""
+        model = trained.model
+        assert family_class(self.family) is type(model)
+        # and nothing undeclared: a method of a capability without its flag would be one no caller ever uses
+        promised = {"takes_sampler": "sampler_nfe", "interpolates": "interpolate", "encodes_images": "encode"}
+        assert {flag: getattr(model, flag) for flag in promised} == {f: hasattr(model, m) for f, m in promised.items()}
+        settings = model.sampler_settings(SAMPLER if model.takes_sampler else None)
+        if model.takes_sampler:
+            assert settings["steps"] == 4 and model.sampler_nfe(**settings) >= 4
+            assert callable(model.compiled_sampling) and callable(model.warm_up_sampling)
+            if model.has_sampler_steps():  # the step-count figure's sampler takes any step count it draws
+                assert all(model.sampler_settings({**model.step_sampler, "steps": k})["steps"] == k for k in (1, 2))
+        else:
+            assert settings is None and not model.has_sampler_steps()
+        label = None if model.num_classes is None else 3
+        images = torch.rand(2, *model.image_shape, generator=generator(0)) * 2 - 1
+        if model.encodes_images:
+            codes = model.encode(images, label)
+            assert codes.shape[0] == 2 and torch.isfinite(codes).all() and torch.equal(codes, model.encode(images, label))
+        if model.interpolates:
+            path = model.interpolate(images[0], images[1], 5, labels=label)
+            assert path.shape == (5, *model.image_shape) and path.min() >= -1 and path.max() <= 1
+
     def test_labels_follow_the_models_conditioning(self, trained):
         model = trained.model
         if model.num_classes is None:
@@ -213,8 +239,7 @@ class FamilyContract:
         pl.seed_everything(0, verbose=False)
         model = build_model(cfg.model, images.shape[1:], 10, CLASS_NAMES)
         before = self.criterion(model.eval(), images, labels)
-        # Lightning's max_steps counts optimizer steps: a GAN makes two per batch.
-        optimizer_steps = self.learn_batches * (2 if self.family == "gan" else 1)
+        optimizer_steps = self.learn_batches * self.optimizer_steps_per_batch
         trainer = pl.Trainer(max_steps=optimizer_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
         trainer.fit(model.train(), DataLoader(FixedBatch(images, labels), batch_size=None))
@@ -228,6 +253,7 @@ class TestGAN(FamilyContract):
     learn_overrides = ("model.g_optimizer.lr=2e-3", "model.d_optimizer.lr=2e-3", "model.ema_halflife_kimg=0.1")
     learn_batches = 60
     learn_ratio = 0.85
+    optimizer_steps_per_batch = 2  # the discriminator's and the generator's
 
     def criterion(self, model, images, labels):
         """RMS distance between the mean sampled image and the batch's mean image (mostly dark background)."""

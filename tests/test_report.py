@@ -36,7 +36,8 @@ def _report_cfg(*overrides: str):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("report", overrides=list(overrides))
+        # paths.output_dir is Hydra's run folder, unset outside a Hydra run: in-process, the report's own out=
+        return compose("report", overrides=["paths.output_dir=${out}", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -302,3 +303,16 @@ def test_report_into_an_existing_file_is_refused_before_any_work(tmp_path):
     with pytest.raises(GenbenchError, match="is a file"):
         report(_report_cfg(f"sweep={tmp_path / 'no_sweep_needed'}", f"out={target}"))
     assert target.read_text() == "mine\n"
+
+
+def test_every_family_has_a_colour_and_comes_from_conf_model(monkeypatch):
+    """The families are conf/model's files; one outside the palette still gets its own colour, none of the palette's."""
+    import genbench.models
+    from genbench.models import families
+    from genbench.report import figures as fig
+
+    assert families() == sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+    assert all(fig.family_color(f) == fig.PALETTE[f] for f in fig.PALETTE)
+    monkeypatch.setattr(genbench.models, "families", lambda: [*fig.PALETTE, "new_a", "new_b"])
+    spare = {fig.family_color("new_a"), fig.family_color("new_b"), fig.family_color("from_elsewhere")}
+    assert len(spare) == 3 and not spare & set(fig.PALETTE.values())

@@ -5,7 +5,7 @@ than at batch size 250, or on a GPU than on a CPU, so the images scored (and the
 that should not matter. :class:`IndexedNoise` gives every image its own stream, seeded by ``(seed, index)`` and
 always drawn on the CPU, so image ``i`` of a run is the same image whatever the batch size or device.
 
-Every place that draws sampling noise (the families' ``sample``, the diffusion samplers' fresh noise) goes
+Every place that draws sampling noise (the families' ``sample``, the samplers' fresh noise) goes
 through :func:`randn` / :func:`randint`, which also accept a plain ``torch.Generator`` (or None) for callers
 that do not need the guarantee (training, tests).
 """

@@ -58,7 +58,7 @@ class MetricsConfig(Metrics):
         return self
 
     def compile_sampling(self, n: int | None = None) -> bool:
-        """Whether diffusion sampling of ``n`` images (default ``n_samples``) runs through ``torch.compile``.
+        """Whether sampling ``n`` images through a sampler (default ``n_samples``) runs through ``torch.compile``.
 
         ``auto``: always on CUDA; on a CPU from :data:`CPU_COMPILE_FROM` images, where the compilation pays for itself
         even with a cold inductor cache (README "Speed switches": on the 2-core Xeon, DPM-Solver++(2M) 20 at batch

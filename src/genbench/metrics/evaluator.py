@@ -365,14 +365,14 @@ def sample_images(
     """``n`` uint8 samples and the seconds spent sampling; ``sampler``: settings from :func:`model_sampler`.
 
     Image i's noise is the stream of ``(seed, i)`` and its label is i mod C, so the images do not depend on the
-    batch size or the device. ``compile`` (``metrics.compile``): a diffusion model samples through
+    batch size or the device. ``compile`` (``metrics.compile``): a model that takes a sampler samples through
     ``torch.compile``, every batch at one shape: the last batch is filled up with the next images' noise and
     labels, and cut (each image depends on its own noise and label alone). The compilation runs before the clock
     starts, in one warm-up call of the network; ``timings``, when given, receives its ``compile_seconds``.
     """
     from genbench.imageio import check_finite, to_uint8
 
-    compile = compile and hasattr(model, "compiled_sampling")
+    compile = compile and model.takes_sampler  # a one-pass model has no compiled sampling path
     shape = min(batch_size, n)
     labels = balanced_labels(model, -(-n // shape) * shape if compile else n)
     task = progress.add_task(f"sampling {model.family}", total=n) if progress is not None else None
@@ -441,7 +441,7 @@ def run_model_evaluation(model, plan: Plan) -> dict:
                   sampling_batch_size=batch, sampling_compiled="compile_seconds" in timings)  # fmt: skip
     if record["sampling_compiled"]:  # apart from sample_seconds_per_1k, as training's compile_seconds from its budget
         record["sampling_compile_seconds"] = round(timings["compile_seconds"], 2)
-    if plan.sampler is not None and hasattr(model, "sampler_nfe"):
+    if plan.sampler is not None and model.takes_sampler:
         record["sampler_nfe"] = model.sampler_nfe(**plan.sampler)
     return record
 

@@ -28,7 +28,7 @@ An id reads ``<extractor>-n<n_fake>[-<sampler><steps>[-bf16]]-<hash>``, e.g. ``f
 (``-bf16``: the network sampled under bf16 autocast, ``sampler.precision=bf16-mixed``; fp32 sampling says nothing),
 where the hash is the first 8 hex digits of the sha256 of the fields' canonical JSON. The *scoring* protocol is
 the same id with the sampler left out: the evaluation every family shares, which the report makes one table of
-(a GAN row and a DDIM-20 diffusion row side by side); rows never mix full protocols.
+(a one-pass model's row and a DDIM-20 row side by side); rows never mix full protocols.
 """
 
 from __future__ import annotations

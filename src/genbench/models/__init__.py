@@ -1,4 +1,4 @@
-"""The three families behind one interface, and how to build or load any of them."""
+"""The families behind one interface, which families there are, and how to build or load any of them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,37 @@ from omegaconf import DictConfig, OmegaConf
 from genbench.errors import GenbenchError
 from genbench.models.base import Diverged, GenerativeModule
 
-__all__ = ["Diverged", "GenerativeModule", "build_model", "load_checkpoint", "file_sha256"]
+__all__ = ["Diverged", "GenerativeModule", "build_model", "families", "family_class", "load_checkpoint", "file_sha256"]
+
+
+def families() -> list[str]:
+    """Every family genbench trains, sorted: the names of ``conf/model/*.yaml`` (``model=NAME``) in the config folder
+    the commands read (``genbench.cli.CONF_DIR``). The Makefile, the bench, the tests and the report take this list;
+    adding a family is adding its config."""
+    from genbench.cli import CONF_DIR
+
+    return sorted(path.stem for path in (Path(CONF_DIR) / "model").glob("*.yaml"))
+
+
+def family_class(family: str, target: str | None = None) -> type[GenerativeModule]:
+    """The module class of ``family``: ``target`` (a run's ``model._target_``) when given, else the one its
+    ``conf/model/FAMILY.yaml`` names. Its class attributes say what the family can do without building a model."""
+    from hydra.utils import get_class
+
+    from genbench.cli import CONF_DIR
+
+    if target is None:
+        conf = Path(CONF_DIR) / "model" / f"{family}.yaml"
+        if not conf.is_file():
+            raise GenbenchError(f"no family {family!r} (expected one of {', '.join(families())})")
+        target = OmegaConf.load(conf).get("_target_")
+    try:
+        cls = get_class(str(target))
+    except Exception as exc:  # noqa: BLE001 - hydra wraps import and attribute errors alike
+        raise GenbenchError(f"family {family}: _target_ {target} cannot be imported ({exc})") from exc
+    if not (isinstance(cls, type) and issubclass(cls, GenerativeModule)):
+        raise GenbenchError(f"family {family}: _target_ {target} is not a genbench GenerativeModule")
+    return cls
 
 
 def build_model(model_cfg: DictConfig, image_shape, num_classes: int | None, class_names) -> GenerativeModule:

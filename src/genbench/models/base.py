@@ -1,7 +1,9 @@
 """``GenerativeModule``: the one interface every family implements.
 
 Evaluation, sampling and reporting touch nothing else: ``sample``, ``family``, ``num_classes``,
-``class_names``, ``images_seen``. Sampling always uses the EMA copy of the sampling network.
+``class_names``, ``images_seen``, and the capabilities a family declares on its class (``takes_sampler``,
+``interpolates``, ``encodes_images``, ``step_sampler``): callers ask those, never a family's name, and never probe
+for a method. Sampling always uses the EMA copy of the sampling network.
 """
 
 from __future__ import annotations
@@ -41,9 +43,22 @@ class Diverged(GenbenchError):
 
 class GenerativeModule(pl.LightningModule):
     family: ClassVar[str] = ""
+    # What the family can do, declared here and overridden by each family's class; evaluation, sampling, the
+    # report's figures, the bench and the tests read these rather than the family's name.
+    #: ``sample`` runs a sampler: ``sampler_settings`` returns its settings (defaults filled in, checked),
+    #: ``sampler_nfe(**settings)`` its network evaluations per image, ``compiled_sampling()`` and
+    #: ``warm_up_sampling(n, labels, **settings)`` its torch.compile path. False: one pass, none of these.
+    takes_sampler: ClassVar[bool] = False
+    #: With ``takes_sampler``: the deterministic settings whose ``steps`` the step-count figure varies (one noise
+    #: draw per row gives one image per step count); None when the family's sampler has no step count to vary.
+    step_sampler: ClassVar[dict | None] = None
+    #: ``interpolate(x_a, x_b, steps, labels)``: decoded images between two real images' codes.
+    interpolates: ClassVar[bool] = False
+    #: ``encode(images, labels)``: images in [-1, 1] to the family's latent code (a model trained on codes builds on it).
+    encodes_images: ClassVar[bool] = False
     # A family whose healthy losses stay within known bounds sets this (the GAN: model.loss_limit): a loss term
     # past it ends the run as diverged, like a non-finite one. None: only NaN and inf are divergence (a likelihood's
-    # scale depends on the data, so the VAE and diffusion have no such bound).
+    # or a denoising loss's scale depends on the data, so such families have no bound).
     loss_limit: float | None = None
 
     def __init__(
@@ -222,14 +237,19 @@ class GenerativeModule(pl.LightningModule):
         """``n`` images in [-1, 1], shape (n, C, H, W), from the EMA weights."""
         raise NotImplementedError
 
+    @classmethod
+    def has_sampler_steps(cls) -> bool:
+        """Takes a sampler whose step count can be varied: the step-count figure draws such a family."""
+        return cls.takes_sampler and cls.step_sampler is not None
+
     def sampler_settings(self, sampler: dict | None) -> dict | None:
         """The sampler settings that apply to this model, checked and complete; None when it takes no sampler.
 
         ``sampler``: ``sample``'s keywords from ``cfg.sampler`` (``sampler``, ``steps``, ``eta``, ``guidance_scale``).
         Evaluation, ``genbench.sample`` and the callbacks ask this rather than the family's name, pass what it
         returns to ``sample`` and record it (it enters the evaluation protocol). This default is for families that
-        sample in one pass (GAN, VAE): no sampler, and no guidance, so a scale other than 1 is refused rather than
-        accepted and ignored.
+        sample in one pass: no sampler, and no guidance, so a scale other than 1 is refused rather than
+        accepted and ignored. A family with ``takes_sampler`` overrides this.
         """
         guidance = (sampler or {}).get("guidance_scale")
         try:

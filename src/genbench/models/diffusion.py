@@ -53,6 +53,8 @@ def drop_labels(labels: torch.Tensor | None, num_classes: int | None, p: float) 
 
 class DiffusionModule(GenerativeModule):
     family = "diffusion"
+    takes_sampler = True
+    step_sampler = {"sampler": "ddim", "eta": 0.0}  # DDIM with eta 0: deterministic, one image per noise draw
 
     def __init__(
         self,

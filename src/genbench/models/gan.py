@@ -139,7 +139,7 @@ class GANModule(GenerativeModule):
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, generator: torch.Generator | None = None, **sampler_kwargs) -> torch.Tensor:
-        """One generator pass; ``sampler_kwargs`` (diffusion's sampler settings) do not apply to a GAN."""
+        """One generator pass; ``sampler_kwargs`` (a sampler's settings) do not apply to a GAN."""
         labels = self.resolve_labels(n, labels, generator)
         z = self.randn(n, self.ema.module.latent_dim, generator=generator)
         return self.ema.module(z, labels).clamp(-1, 1)

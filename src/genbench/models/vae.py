@@ -37,6 +37,8 @@ def reconstruction_nll(decoded: torch.Tensor, images: torch.Tensor, likelihood: 
 
 class VAEModule(GenerativeModule):
     family = "vae"
+    interpolates = True
+    encodes_images = True
 
     def __init__(
         self,
@@ -112,12 +114,18 @@ class VAEModule(GenerativeModule):
         self.log("test/bits_per_dim", mean / (self._test_dims * math.log(2)), sync_dist=False)
 
     @torch.no_grad()
+    def encode(self, images: torch.Tensor, labels=None) -> torch.Tensor:
+        """The EMA encoder's posterior means of ``images`` (N, C, H, W) in [-1, 1]: (N, latent_dim)."""
+        labels = None if labels is None else torch.as_tensor(labels, device=self.device).expand(images.shape[0])
+        mu, _ = self.ema.module.encode(images.to(self.device), labels)
+        return mu
+
+    @torch.no_grad()
     def interpolate(self, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8, labels=None) -> torch.Tensor:
         """Decoded images along the straight line between the posterior means of x_a and x_b: (steps, C, H, W)."""
         net = self.ema.module
-        pair = torch.stack([x_a, x_b]).to(self.device)
         pair_labels = None if labels is None else torch.as_tensor(labels, device=self.device).expand(2)
-        mu, _ = net.encode(pair, pair_labels)
+        mu = self.encode(torch.stack([x_a, x_b]), pair_labels)
         weights = torch.linspace(0, 1, steps, device=self.device)[:, None]
         z = (1 - weights) * mu[0] + weights * mu[1]
         path_labels = None if pair_labels is None else pair_labels[:1].expand(steps)

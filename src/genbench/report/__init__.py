@@ -9,7 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import re
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,7 +28,9 @@ from genbench.report.tables import Summary, build_summary, excluded_lines, run_r
 from genbench.training.record import git_commit
 
 log = logging.getLogger("genbench.report")
-FIGURE_STEMS = ("samples", "ddim_steps", "ddim_fid", "vae_interpolation", "fid_vs_compute", "throughput", "sampler_cost")
+FIGURE_STEMS = ("samples", "fid_vs_compute", "throughput", "sampler_cost")
+# The figures drawn per capable family: <prefix><sampler>_steps, <prefix><sampler>_fid.csv, <family>_interpolation
+FAMILY_FIGURES = re.compile(r".+_steps\.(png|pdf)|.+_fid\.csv|.+_interpolation\.(png|pdf)")
 
 
 def draw_figures(runs: list[Run], cfg: DictConfig, out: Path, device, notes: list[str]) -> list[Path]:
@@ -33,22 +38,29 @@ def draw_figures(runs: list[Run], cfg: DictConfig, out: Path, device, notes: lis
     r = cfg.report
     fig_dir = out / "figures"
     chosen = fig.first_seed_runs(runs)
-    def ddim() -> list[Path]:
-        if "diffusion" not in chosen:
-            raise fig.Skipped("no completed diffusion run")
-        fid_steps = None if r.ddim_fid_steps is None else list(r.ddim_fid_steps)
-        return fig.ddim_figure(chosen["diffusion"], fig_dir, list(r.ddim_steps), list(r.ddim_seeds), fid_steps, r.ddim_fid_n,
-                               _resolved(cfg.get("metrics")), device, notes)  # fmt: skip
 
-    def interpolation() -> list[Path]:
-        if "vae" not in chosen:
-            raise fig.Skipped("no completed vae run")
-        return fig.interpolation_figure(chosen["vae"], fig_dir, r.interp_pairs, r.interp_steps, r.seed, device)
+    def each_capable(capability: str, says: str, draw_one) -> Callable[[], list[Path]]:
+        """A figure drawn for every chosen family that has ``capability``; ``draw_one(run, prefix)`` draws one
+        family's, ``prefix`` (``FAMILY_``, or empty when one family draws it) keeping several apart."""
 
+        def job() -> list[Path]:
+            found = fig.capable(chosen, capability)
+            if not found:
+                raise fig.Skipped(f"no completed run of a family that {says}")
+            return [path for family, run in found.items() for path in draw_one(run, f"{family}_" if len(found) > 1 else "")]
+
+        return job
+
+    fid_steps = None if r.ddim_fid_steps is None else list(r.ddim_fid_steps)
     jobs = {
         "samples": lambda: fig.sample_grids(runs, out, fig_dir, r.grid_rows, r.seed, device),
-        "ddim": ddim,
-        "interpolation": interpolation,
+        "ddim": each_capable(  # seeds x step counts of the family's deterministic sampler, beside FID against steps
+            "has_sampler_steps", "takes a sampler with steps",
+            lambda run, prefix: fig.steps_figure(run, fig_dir, prefix, list(r.ddim_steps), list(r.ddim_seeds), fid_steps,
+                                                 r.ddim_fid_n, _resolved(cfg.get("metrics")), device, notes)),
+        "interpolation": each_capable(  # one interpolation per family, so the file already names it: no prefix
+            "interpolates", "interpolates",
+            lambda run, prefix: fig.interpolation_figure(run, fig_dir, r.interp_pairs, r.interp_steps, r.seed, device)),
         "compute_curves": lambda: fig.compute_curves_figure(runs, fig_dir),
         "throughput": lambda: fig.throughput_figure(runs, fig_dir),
         "sampler_cost": lambda: sampler_cost_figure(  # FID against seconds per 1k samples: points and sampler curves
@@ -69,7 +81,8 @@ def draw_figures(runs: list[Run], cfg: DictConfig, out: Path, device, notes: lis
     # A figure from an earlier report on other runs must not pass for one of these.
     candidates = [out / "samples.png", out / "samples.pdf"] + (list(fig_dir.iterdir()) if fig_dir.is_dir() else [])
     for path in candidates:
-        if path not in written and path.is_file() and path.name.startswith(FIGURE_STEMS):
+        ours = path.name.startswith(FIGURE_STEMS) or FAMILY_FIGURES.fullmatch(path.name)
+        if path not in written and path.is_file() and ours:
             path.unlink()
     return written
 

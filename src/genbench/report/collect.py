@@ -71,7 +71,7 @@ class Run:
 
     @property
     def scoring_protocol(self) -> str | None:
-        """The protocol without the sampler: what a table shares (a GAN row beside a DDIM diffusion row)."""
+        """The protocol without the sampler: what a table shares (a one-pass model's row beside a DDIM row)."""
         return None if not self.metrics else record_protocol(self.metrics).scoring_id
 
     def with_score(self, metrics: dict | None) -> "Run":
@@ -166,7 +166,7 @@ def assign_settings(runs: list[Run]) -> None:
             values = [f.get(key) for f in flat]
             if len(set(values)) < 2 or _ignored(key):
                 continue
-            # Values that follow the seed (a W&B run name `gan-seed1`, say) are the seed, not a setting.
+            # Values that follow the seed (a W&B run name `FAMILY-seed1`, say) are the seed, not a setting.
             if all(_follows_seed(v, r.seed) for r, v in zip(family_runs, values)):
                 continue
             varying.append(key)

@@ -26,7 +26,38 @@ from genbench.imageio import make_grid, provenance_chunks, to_uint8  # noqa: E40
 from genbench.report.collect import Run  # noqa: E402
 
 log = logging.getLogger(__name__)
-COLORS = {"gan": "tab:red", "vae": "tab:blue", "diffusion": "tab:green"}
+# A family's colour in every figure. The palette keeps the colours the default families have always had; a family
+# not in it takes the next unused Tableau colour by its place among genbench's families, so it always gets one.
+PALETTE = {"gan": "tab:red", "vae": "tab:blue", "diffusion": "tab:green"}
+SPARE_COLORS = [c for c in ("tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+                if c not in PALETTE.values()]  # fmt: skip
+
+
+def family_color(family: str) -> str:
+    if family in PALETTE:
+        return PALETTE[family]
+    from genbench.models import families
+
+    others = [f for f in families() if f not in PALETTE]
+    index = others.index(family) if family in others else len(others)  # a family from elsewhere: after the known
+    return SPARE_COLORS[index % len(SPARE_COLORS)]
+
+
+def capable(chosen: dict[str, Run], capability: str) -> dict[str, Run]:
+    """The runs of ``chosen`` whose family has ``capability`` (a ``GenerativeModule`` class attribute or classmethod,
+    e.g. ``interpolates``, ``has_sampler_steps``), read from the class the run's config names, without loading it."""
+    from genbench.models import family_class
+
+    found = {}
+    for family, run in chosen.items():
+        target = ((run.config or {}).get("model") or {}).get("_target_")
+        try:
+            value = getattr(family_class(family, target), capability)
+        except GenbenchError:  # a run of a family this checkout does not know: it draws nothing it cannot
+            continue
+        if value() if callable(value) else value:
+            found[family] = run
+    return found
 
 
 class Skipped(Exception):
@@ -144,9 +175,10 @@ def sample_grids(runs: list[Run], out: Path, fig_dir: Path, rows: int, seed: int
     return written
 
 
-def ddim_figure(
+def steps_figure(
     run: Run,
     fig_dir: Path,
+    prefix: str,
     steps_list: list[int],
     seeds: list[int],
     fid_steps: list[int] | None,
@@ -155,24 +187,30 @@ def ddim_figure(
     device: torch.device,
     notes: list[str],
 ) -> list[Path]:
-    """Rows are seeds, columns DDIM step counts (eta 0: each row is one noise draw), beside FID against steps."""
+    """For a family that takes a sampler with steps: rows are seeds, columns step counts of the family's
+    deterministic ``step_sampler`` (each row is one noise draw), beside FID against steps. Written as
+    ``<prefix><sampler>_steps.{png,pdf}`` with the curve's numbers in ``<prefix><sampler>_fid.csv``."""
     model, run_cfg = load(run, device)
-    limit = model.schedule.num_timesteps
-    steps = [int(k) for k in steps_list if 0 < int(k) <= limit]
-    if len(steps) < len(steps_list):
-        notes.append(f"DDIM figure: step counts above the {limit} training timesteps were left out.")
+    base = dict(model.step_sampler)
+    what = base["sampler"].upper()
+    stem = f"{prefix}{base['sampler']}"
     guidance = sampler_kwargs(run_cfg)["guidance_scale"]
+    takes = lambda k: _takes_steps(model, {**base, "steps": k, "guidance_scale": guidance})  # noqa: E731
+    steps = [int(k) for k in steps_list if takes(int(k))]
+    if len(steps) < len(steps_list):
+        left_out = ", ".join(str(k) for k in steps_list if int(k) not in steps)
+        notes.append(f"{what} figure: step counts the model's sampler cannot take ({left_out}) were left out.")
     cells = []
     for seed in seeds:
-        log.info("DDIM grid: seed %s, %s steps", seed, ", ".join(map(str, steps)))
+        log.info("%s grid: seed %s, %s steps", what, seed, ", ".join(map(str, steps)))
         label = None if model.num_classes is None else torch.tensor([int(seed) % model.num_classes])
         for k in steps:
-            cells.append(draw(model, 1, seed, {"sampler": "ddim", "steps": k, "eta": 0.0, "guidance_scale": guidance}, label))
+            cells.append(draw(model, 1, seed, {**base, "steps": k, "guidance_scale": guidance}, label))
     grid = make_grid(torch.cat(cells), nrow=len(steps))
-    fid_steps = [int(k) for k in fid_steps if 0 < int(k) <= limit] if fid_steps else steps
-    curve = fid_against_steps(model, run_cfg, fid_steps, fid_n, fallback_metrics, guidance, notes) if fid_n else None
+    fid_steps = [int(k) for k in fid_steps if takes(int(k))] if fid_steps else steps
+    curve = fid_against_steps(model, run_cfg, base, fid_steps, fid_n, fallback_metrics, guidance, notes) if fid_n else None
     if not fid_n:
-        notes.append("DDIM figure: FID curve switched off (report.ddim_fid_n=0).")
+        notes.append(f"{what} figure: FID curve switched off (report.ddim_fid_n=0).")
     fig = plt.figure(figsize=(0.75 * len(steps) + (4.6 if curve else 0.6), max(0.75 * len(seeds), 2.4) + 0.9),
                      layout="constrained")  # fmt: skip
     widths = [0.75 * len(steps), 3.6] if curve else [1]
@@ -182,56 +220,69 @@ def ddim_figure(
     cell = grid.shape[1] / len(seeds)
     ax.set_xticks([(i + 0.5) * grid.shape[2] / len(steps) for i in range(len(steps))], [str(k) for k in steps], fontsize=7)
     ax.set_yticks([(i + 0.5) * cell for i in range(len(seeds))], [str(s) for s in seeds], fontsize=7)
-    ax.set_xlabel("DDIM steps")
+    ax.set_xlabel(f"{what} steps")
     ax.set_ylabel("seed")
     if curve:
         ax2 = fig.add_subplot(spec[0, 1])
         xs, ys = zip(*curve)
-        ax2.plot(xs, ys, "o-", color=COLORS["diffusion"])
+        ax2.plot(xs, ys, "o-", color=family_color(run.family))
         ax2.set_xscale("log")
         ax2.set_xticks(xs, [str(x) for x in xs], fontsize=7)
         ax2.minorticks_off()
         ax2.ticklabel_format(axis="y", useOffset=False)
-        ax2.set_xlabel("DDIM steps")
+        ax2.set_xlabel(f"{what} steps")
         ax2.set_ylabel(f"FID ({fid_n} samples)")
         ax2.grid(alpha=0.3)
-    fig.suptitle(f"diffusion, {run.setting}, seed {run.seed}", fontsize=9)
-    chunks = provenance_chunks("diffusion", model.checkpoint_sha256, ",".join(map(str, seeds)), sampler="ddim",
+    fig.suptitle(f"{run.family}, {run.setting}, seed {run.seed}", fontsize=9)
+    chunks = provenance_chunks(model.family, model.checkpoint_sha256, ",".join(map(str, seeds)), sampler=base["sampler"],
                                sampler_steps=",".join(map(str, steps)))  # fmt: skip
-    written = save_figure(fig, fig_dir / "ddim_steps", chunks)
+    written = save_figure(fig, fig_dir / f"{stem}_steps", chunks)
     if curve:
-        written.append(write_rows(fig_dir / "ddim_fid.csv", [{"steps": k, "fid": f, "n_samples": fid_n} for k, f in curve]))
+        written.append(write_rows(fig_dir / f"{stem}_fid.csv", [{"steps": k, "fid": f, "n_samples": fid_n} for k, f in curve]))
     return written
 
 
-def fid_against_steps(model, run_cfg, steps: list[int], n: int, fallback_metrics, guidance: float,
+def _takes_steps(model, settings: dict) -> bool:
+    """Whether the model's sampler takes these settings (a step count above its training timesteps, say, it refuses)."""
+    if settings["steps"] <= 0:
+        return False
+    try:
+        model.sampler_settings(settings)
+    except GenbenchError:
+        return False
+    return True
+
+
+def fid_against_steps(model, run_cfg, base: dict, steps: list[int], n: int, fallback_metrics, guidance: float,
                       notes: list[str]) -> list[tuple[int, float]] | None:  # fmt: skip
+    what = base["sampler"].upper()
     try:
         from genbench.metrics import evaluate_model
     except ImportError as exc:
-        notes.append(f"DDIM figure: no FID curve, the evaluator is not available ({exc}).")
+        notes.append(f"{what} figure: no FID curve, the evaluator is not available ({exc}).")
         return None
     metrics = run_cfg.get("metrics") or fallback_metrics
     if metrics is None:
-        notes.append("DDIM figure: no FID curve, neither the run nor the report has a metrics config.")
+        notes.append(f"{what} figure: no FID curve, neither the run nor the report has a metrics config.")
         return None
     metrics = OmegaConf.merge(metrics, {"n_samples": int(n), "memorization": False})
     datamodule = build_datamodule(run_cfg)
     curve = []
     for k in steps:
-        sampler = {"sampler": "ddim", "steps": k, "eta": 0.0, "guidance_scale": guidance}
+        sampler = {**base, "steps": k, "guidance_scale": guidance}
         try:
             record = evaluate_model(model, metrics, datamodule, sampler)
         except GenbenchError as exc:  # no extractor weights here, say: the grid is still worth drawing
-            notes.append(f"DDIM figure: no FID curve, the evaluator could not run ({exc}).")
+            notes.append(f"{what} figure: no FID curve, the evaluator could not run ({exc}).")
             return None
         curve.append((k, float(record["fid"])))
-        log.info("DDIM %d steps: FID %.2f (%d samples, %s)", k, record["fid"], n, record.get("extractor"))
+        log.info("%s %d steps: FID %.2f (%d samples, %s)", what, k, record["fid"], n, record.get("extractor"))
     return curve
 
 
 def interpolation_figure(run: Run, fig_dir: Path, pairs: int, steps: int, seed: int, device: torch.device) -> list[Path]:
-    """Decoded straight lines between the posterior means of test-image pairs, the real pair at both ends."""
+    """For a family that interpolates: decoded steps between the codes of test-image pairs, the real pair at both
+    ends. Written as ``<family>_interpolation.{png,pdf}``."""
     model, run_cfg = load(run, device)
     datamodule = build_datamodule(run_cfg)
     images, labels = datamodule.images("test"), datamodule.labels("test")
@@ -245,10 +296,10 @@ def interpolation_figure(run: Run, fig_dir: Path, pairs: int, steps: int, seed: 
     grid = make_grid(torch.cat(strips), nrow=steps + 2)
     fig, ax = plt.subplots(figsize=(0.6 * (steps + 2), 0.6 * pairs + 0.5))
     _show(ax, grid)
-    ax.set_title(f"VAE latent interpolation ({run.setting}, seed {run.seed}): test image, {steps} decoded steps, test image",
-                 fontsize=8)  # fmt: skip
-    chunks = provenance_chunks("vae", model.checkpoint_sha256, seed, content="latent interpolation of test images")
-    return save_figure(fig, fig_dir / "vae_interpolation", chunks)
+    ax.set_title(f"{model.family.upper()} latent interpolation ({run.setting}, seed {run.seed}): test image, {steps} "
+                 "decoded steps, test image", fontsize=8)  # fmt: skip
+    chunks = provenance_chunks(model.family, model.checkpoint_sha256, seed, content="latent interpolation of test images")
+    return save_figure(fig, fig_dir / f"{model.family}_interpolation", chunks)
 
 
 def read_fid_curve(run: Run) -> list[dict]:
@@ -280,7 +331,7 @@ def compute_curves_figure(runs: list[Run], fig_dir: Path) -> list[Path]:
         labelled.add(run.family)
         for ax, x in zip(axes, ("wall_clock_s", "images_seen")):
             ax.plot([r[x] for r in rows], [r["fid"] for r in rows], "o-", ms=3, alpha=0.8, label=label,
-                    color=COLORS.get(run.family))  # fmt: skip
+                    color=family_color(run.family))  # fmt: skip
     fids = [r["fid"] for _, rows in curves for r in rows]
     if min(fids) > 0 and max(fids) / min(fids) > 10:
         axes[0].set_yscale("log")

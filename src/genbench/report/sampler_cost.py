@@ -1,8 +1,8 @@
 """figures/sampler_cost: sample quality against sampling cost, every family on one pair of axes.
 
 FID against seconds per 1,000 samples (log x), each run's checkpoint re-sampled and re-scored under one metrics
-setting: a model that samples in one pass (GAN, VAE) is a point; a model with a sampler (``sampler_nfe``:
-diffusion) is one curve per sampler over its step counts, each point labelled with its network evaluations.
+setting: a model that samples in one pass is a point; a model that takes a sampler (``takes_sampler``) is one
+curve per sampler over its step counts, each point labelled with its network evaluations.
 ``figures/sampler_cost.csv`` holds the numbers. Drawn from the first completed run of each family.
 """
 
@@ -44,7 +44,7 @@ def measure(runs, samplers: list[dict], steps: list[int], n: int, fallback_metri
         datamodule = fig.build_datamodule(run_cfg)
         guidance = fig.sampler_kwargs(run_cfg)["guidance_scale"]
         settings = [None]
-        if hasattr(model, "sampler_nfe"):  # a model with a sampler: every sampler at every step count
+        if model.takes_sampler:  # every sampler at every step count
             settings = [{**s, "steps": int(k), "guidance_scale": guidance} for s in samplers for k in steps]
         for sampler in settings:
             record = evaluate_model(model, metrics, datamodule, sampler)
@@ -73,7 +73,7 @@ def sampler_cost_figure(runs, fig_dir: Path, samplers: list[dict], steps: list[i
         raise fig.Skipped("no run could be scored")
     fig_, ax = plt.subplots(figsize=(6.4, 4.2))
     for family in dict.fromkeys(r["family"] for r in rows):
-        color = fig.COLORS.get(family)
+        color = fig.family_color(family)
         points = [r for r in rows if r["family"] == family and not r["sampler"]]
         for r in points:
             ax.plot(r["seconds_per_1k"], r["fid"], "*", ms=13, color=color, label=family)

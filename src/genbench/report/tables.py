@@ -1,8 +1,8 @@
 """Paper-style tables: mean ± std over seeds per family and setting, one table per evaluation protocol.
 
 Metrics are only comparable under one protocol (genbench.metrics.protocol). A table holds the scores of one
-*scoring* protocol (extractor and weights, reference, counts, metric settings, seed): every family's, so a GAN
-sits beside a diffusion model sampled with DDIM. A row holds the seeds of one family and setting under one *full*
+*scoring* protocol (extractor and weights, reference, counts, metric settings, seed): every family's, so a one-pass model
+sits beside one sampled with DDIM. A row holds the seeds of one family and setting under one *full*
 protocol (the scoring one plus the sampler), so no row and no average ever mixes protocols; a run scored under
 several protocols appears once in each. Captions name the protocol ids. Runs without scores get a table of their
 own, with – for every metric. Runs that did not complete are never averaged in; they are listed below the tables.

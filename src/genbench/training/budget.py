@@ -71,7 +71,7 @@ class BudgetCallback(pl.Callback):
         """Monitoring (sample grids, in-training FID) does not spend the training budget.
 
         Sampling costs differ wildly between families (one generator pass against tens of UNet passes),
-        so counting it would charge diffusion for being watched.
+        so counting it would charge a model that takes a sampler for being watched.
         """
         start = time.perf_counter()
         try:
