@@ -205,6 +205,7 @@ class _StubModel(torch.nn.Module):
     """Replays real images through the ``sample`` interface (a perfect copier)."""
 
     family = "stub"
+    takes_sampler = False  # it replays images: no solver, no network evaluations to count
 
     def __init__(self, images: torch.Tensor):
         super().__init__()
