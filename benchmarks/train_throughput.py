@@ -53,7 +53,7 @@ def main() -> None:
             subprocess.run(
                 [sys.executable, "-m", "genbench.train", f"model={family}", f"hardware={args.hardware}",
                  f"budget.max_steps={args.steps}", f"data.batch_size={args.batch_size}", f"paths.runs_dir={runs}",
-                 "callbacks.sample_grid.every_n_steps=0", "logger=none"],
+                 "callbacks.sample_grid.every_n_steps=null", "logger=none"],
                 cwd=ROOT, check=True, capture_output=True,
             )  # fmt: skip
             after = reference_img_per_s()

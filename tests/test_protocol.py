@@ -87,7 +87,8 @@ def test_sample_grid_callback_uses_per_image_noise(models, tmp_path):
     from genbench.training.callbacks import SampleGridCallback
 
     model = models["diffusion"]
-    callback = SampleGridCallback(tmp_path, 0, 10, 3, BudgetCallback(Budget(max_steps=1)), {"sampler": "ddpm", "steps": 3})
+    callback = SampleGridCallback(0, 10, run_dir=tmp_path, run_seed=3, budget=BudgetCallback(Budget(max_steps=1)),
+                                  sampler={"sampler": "ddpm", "steps": 3})
     callback.setup(None, model, "fit")
     path = callback.save(model)
     expected = model.sample(10, labels=torch.arange(10), generator=IndexedNoise.range(3, 0, 10), sampler="ddpm", steps=3)

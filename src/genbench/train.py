@@ -26,7 +26,7 @@ from genbench.metrics.evaluator import as_sampler_kwargs
 from genbench.metrics.store import write_score
 from genbench.models import Diverged, build_model, file_sha256
 from genbench.training.budget import Budget, BudgetCallback
-from genbench.training.callbacks import RunRecordCallback, SampleGridCallback
+from genbench.training.callbacks import RunRecordCallback, instantiate_callbacks
 from genbench.training.checkpoint_io import AtomicCheckpointIO, PeriodicCheckpoint, readable_checkpoint
 from genbench.training.csv_logger import RunCSVLogger
 from genbench.training.identity import check_checkpoint_belongs, check_same_training, checkpoint_config
@@ -98,6 +98,12 @@ def ddp_strategy(strategy: str, model) -> str:
     if not model.automatic_optimization and variant in StrategyRegistry.available_strategies():
         return variant
     return strategy
+
+
+def callback_context(cfg: DictConfig, run_dir: Path, budget, sampler: dict) -> dict:
+    """What a callback of conf/callbacks may ask for by keyword (genbench.schema refuses these as config keys)."""
+    return {"run_dir": run_dir, "run_seed": cfg.seed, "budget": budget, "sampler": sampler, "sampler_kwargs": sampler,
+            "metrics_cfg": cfg.metrics}  # fmt: skip
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, model) -> pl.Trainer:
@@ -205,20 +211,13 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
     budget_cb = BudgetCallback(budget)
     record_cb = RunRecordCallback(run_dir, cfg.seed, budget_cb, {"run_dir": str(run_dir), "git_commit": git_commit(),
                                                                  "budget": OmegaConf.to_container(cfg.budget)})  # fmt: skip
-    callbacks = [
+    callbacks = [  # what every run has: its budget, record and checkpoints; then the ones conf/callbacks names
         budget_cb,
         record_cb,
-        SampleGridCallback(run_dir, cfg.callbacks.sample_grid.every_n_steps, cfg.callbacks.sample_grid.n, cfg.seed,
-                           budget_cb, sampler),
         PeriodicCheckpoint(run_dir / "checkpoints", budget_cb, cfg.trainer.checkpoint_every_n_steps,
                            cfg.trainer.checkpoint_every_n_minutes),
-        instantiate(cfg.callbacks.progress_bar),
+        *instantiate_callbacks(cfg.callbacks, **callback_context(cfg, run_dir, budget_cb, sampler)),
     ]  # fmt: skip
-    fid_cfg = cfg.callbacks.fid
-    if fid_cfg.every_n_steps or fid_cfg.every_n_minutes:
-        from genbench.metrics.callback import FIDCallback
-
-        callbacks.append(FIDCallback(metrics_cfg=cfg.metrics, sampler_kwargs=sampler, **fid_cfg))
     trainer = build_trainer(cfg, run_dir, callbacks, model)
     # logger=wandb only: config, sample grids and the final records on the W&B run (None without a WandbLogger)
     wandb_media = WandbMediaCallback.attach(trainer, run_dir, model.run_meta["config"])

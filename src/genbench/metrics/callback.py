@@ -33,12 +33,14 @@ from genbench.metrics.evaluator import (
 from genbench.metrics.extractors import Extractor, build_extractor
 from genbench.metrics.fidelity import fid
 from genbench.models.base import GenerativeModule
+from genbench.schema.types import Flag, PositiveFloat, PositiveInt, Seed
 
 log = logging.getLogger(__name__)
 
 
 class FIDCallback(pl.Callback):
-    """Log FID against the data module's reference split while training.
+    """Log FID against the data module's reference split while training, every ``every_n_steps`` batches and/or
+    ``every_n_minutes`` (neither: off, the default of conf/callbacks, so one config node serves both cases).
 
     ``metrics_cfg`` is the ``metrics`` config (extractor, reference split, cache); ``sampler_kwargs`` the sampler
     options (``cfg.sampler``, or ``sample``'s keywords), of which the model's ``sampler_settings`` keeps what applies.
@@ -46,16 +48,15 @@ class FIDCallback(pl.Callback):
 
     def __init__(
         self,
-        every_n_steps: int | None = None,
-        every_n_minutes: float | None = None,
-        n_samples: int = 500,
+        every_n_steps: PositiveInt | None = None,
+        every_n_minutes: PositiveFloat | None = None,
+        n_samples: PositiveInt = 500,
         metrics_cfg=None,
         sampler_kwargs=None,
-        seed: int = 0,
-        at_end: bool = True,
+        seed: Seed = 0,
+        at_end: Flag = True,
     ):
-        if not every_n_steps and not every_n_minutes:
-            raise GenbenchError("FIDCallback needs every_n_steps or every_n_minutes (or leave callbacks.fid null)")
+        self.active = bool(every_n_steps or every_n_minutes)
         self.every_n_steps, self.every_n_minutes, self.n_samples = every_n_steps, every_n_minutes, int(n_samples)
         self.config = MetricsConfig.from_cfg(metrics_cfg)
         self.sampler = as_sampler_kwargs(sampler_kwargs)
@@ -77,12 +78,16 @@ class FIDCallback(pl.Callback):
         return time.perf_counter() - self._started - self._fid_seconds
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if not self.active:
+            return
         self._started = time.perf_counter()
         self._fid_seconds = 0.0
         self._last_eval_time = self._wall_clock(trainer)  # a resumed run waits a full period too
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         # Asked at fit start, so settings that do not apply to this model fail before any training.
+        if not self.active:
+            return
         self.settings = model_sampler(pl_module, self.sampler)
 
     def _prepare(self, trainer, pl_module) -> None:
@@ -154,9 +159,9 @@ class FIDCallback(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # Measured before the next batch rather than after the last: Lightning runs callbacks' on_train_batch_end
         # before the module's, so images_seen would lag one batch there.
-        if trainer.is_global_zero and self._due(trainer):
+        if self.active and trainer.is_global_zero and self._due(trainer):
             self.measure(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.at_end and trainer.is_global_zero and self._batches(trainer) != self._last_step:
+        if self.active and self.at_end and trainer.is_global_zero and self._batches(trainer) != self._last_step:
             self.measure(trainer, pl_module)

@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 from genbench.errors import GenbenchError
 from genbench.schema import groups
 from genbench.schema.check import nearest, show, validate
-from genbench.schema.targets import SUPPLIED, check_target
+from genbench.schema.targets import CALLBACK_CONTEXT, SUPPLIED, check_target
 
 COMMANDS: dict[str, type[groups.Group]] = {
     "train": groups.Run, "sample": groups.Sample, "evaluate": groups.Evaluate, "report": groups.Report,
@@ -78,7 +78,9 @@ def check_config(cfg: DictConfig | dict, command: Command = "train") -> dict:
     if command == "train":
         check_target(values["model"], "model", SUPPLIED)
         check_trainer_arguments(values["trainer"])
-        check_target(values["callbacks"]["progress_bar"], "callbacks.progress_bar")
+        for name, node in values["callbacks"].items():
+            if node is not None:
+                check_target(node, f"callbacks.{name}", CALLBACK_CONTEXT)
         for i, node in enumerate(values["logger"]["extra"]):
             check_target(node, f"logger.extra[{i}]")
     return values
@@ -100,7 +102,8 @@ def leaves(cfg: DictConfig | dict, command: Command = "train") -> dict[str, obje
     def node_rules(node: dict, path: str, rule: object) -> tuple[dict, bool]:
         if isinstance(rule, type) and issubclass(rule, BaseModel):
             return dict(rule.model_fields), False
-        model, open_ended = target_model(node["_target_"], SUPPLIED if path.startswith("model") else frozenset())
+        supplied = SUPPLIED if path.startswith("model") else CALLBACK_CONTEXT if path.startswith("callbacks") else frozenset()
+        model, open_ended = target_model(node["_target_"], supplied)
         return dict(model.model_fields), open_ended
 
     def walk(values: dict, rules: dict, open_ended: bool = False, prefix: str = "") -> None:

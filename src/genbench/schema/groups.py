@@ -93,23 +93,6 @@ class Trainer(Group):
     checkpoint_every_n_minutes: PositiveFloat | None = 5
 
 
-class SampleGrid(Group):
-    every_n_steps: PositiveInt | None = 250
-    n: PositiveInt = 64
-
-
-class FID(Group):
-    every_n_steps: PositiveInt | None = None
-    every_n_minutes: PositiveFloat | None = None
-    n_samples: PositiveInt = 500
-
-
-class Callbacks(Group):
-    sample_grid: SampleGrid
-    fid: FID
-    progress_bar: dict  # a _target_ node
-
-
 class Logger(Group):
     extra: list[dict] = []  # _target_ nodes
 
@@ -158,7 +141,7 @@ class Run(Group):
     trainer: Trainer
     hardware: Hardware
     logger: Logger
-    callbacks: Callbacks
+    callbacks: dict[str, dict | None]  # _target_ nodes (genbench.training.callbacks.instantiate_callbacks)
     paths: Paths
     budget: Budget
     metrics: Metrics

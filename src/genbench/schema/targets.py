@@ -29,6 +29,8 @@ HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 # What a family passes to its networks, and the model builder to a family, from the data: never set in a config.
 # (An optimizer's ``params`` are the model's, given when it is built.)
 SUPPLIED = frozenset({"image_shape", "num_classes", "class_names", "image_channels", "image_size", "params"})
+# What train.py gives the callbacks of conf/callbacks from the run (train.callback_context), never set in a config.
+CALLBACK_CONTEXT = frozenset({"run_dir", "run_seed", "budget", "sampler", "sampler_kwargs", "metrics_cfg"})
 # torch.optim's arguments by name (torch types them as float | Tensor, which says nothing of range).
 OPTIMIZER_RULES: dict[str, Any] = {
     "lr": PositiveFloat, "weight_decay": NonNegativeFloat, "eps": PositiveFloat, "momentum": Probability,
@@ -130,8 +132,8 @@ def check_target(node: dict, key: str, supplied: frozenset[str] = frozenset()) -
     values = {k: v for k, v in node.items() if k not in HYDRA_KEYS}
     for name in values:
         if name in supplied:
-            raise GenbenchError(f"{key}.{name} is set by genbench from the data (data.image_size, data.channels, "
-                                "the classes) and cannot be set here")  # fmt: skip
+            raise GenbenchError(f"{key}.{name} is set by genbench (from the data: its image size, channels and "
+                                "classes; or from the run: its folder, seed, budget, sampler and metrics), not here")  # fmt: skip
         if name not in model.model_fields and not open_ended:
             raise GenbenchError(f"{key}.{name}: unknown key ({target} takes no such argument)"
                                 f"{nearest(name, model.model_fields)}")  # fmt: skip

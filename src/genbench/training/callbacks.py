@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -12,6 +13,7 @@ from rich.text import Text
 
 from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
 from genbench.noise import IndexedNoise
+from genbench.schema.types import PositiveInt
 from genbench.training.budget import BudgetCallback
 from genbench.training.record import RUN_JSON, hardware_info, now, peak_memory_mb, read_json, speed_info, write_json
 
@@ -65,9 +67,10 @@ class SampleGridCallback(pl.Callback):
     run show the same draws as training goes, and match ``genbench.sample`` with the same seed and labels.
     """
 
-    def __init__(self, run_dir: Path, every_n_steps: int, n: int, seed: int, budget: BudgetCallback, sampler: dict):
+    def __init__(self, every_n_steps: PositiveInt | None = 250, n: PositiveInt = 64, *, run_dir: Path, run_seed: int,
+                 budget: BudgetCallback, sampler: dict | None) -> None:  # fmt: skip
         self.dir = Path(run_dir) / "samples"
-        self.every, self.n, self.seed, self.budget, self.sampler = every_n_steps, n, seed, budget, sampler
+        self.every, self.n, self.seed, self.budget, self.sampler = every_n_steps, n, run_seed, budget, sampler
         self.settings: dict | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -202,3 +205,19 @@ class BudgetProgressBar(RichProgressBar):
         if self._budget() is None:
             return super()._get_train_description(current_epoch)
         return f"Epoch {current_epoch}"
+
+
+def instantiate_callbacks(nodes, **context) -> list[pl.Callback]:
+    """The callbacks of ``callbacks.*`` (``_target_`` nodes, as lightning-hydra-template's ``instantiate_callbacks``),
+    each given what it asks for of the run's ``context`` (its run folder, seed, budget, sampler, metrics) by the
+    name of a keyword argument; a node set to null is left out."""
+    from hydra.utils import get_object, instantiate
+
+    built = []
+    for node in nodes.values():
+        if node is None:
+            continue
+        wanted = inspect.signature(get_object(node._target_)).parameters
+        built.append(instantiate(node, **{k: v for k, v in context.items() if k in wanted}))
+    return built
+
