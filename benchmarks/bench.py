@@ -227,7 +227,7 @@ def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
         steps = mode["sample_steps"]
         settings = model.sampler_settings({"sampler": name, "steps": steps, "precision": sampling,
                                            **({"eta": 0.0} if name == "ddim" else {})})  # fmt: skip
-        scheduler = peers.diffusers_sampler(name, steps, model.schedule)
+        scheduler = peers.diffusers_sampler(name, steps, model.path)
 
         def ours(key: str, count: int, timings: dict | None = None) -> float:
             return sample_images(model, count, batch, 0, settings, device, compile=variants[key], timings=timings)[1]

@@ -110,7 +110,7 @@ def genbench_bare_diffusion_step(model, precision_ctx):
         images, labels = batch
         labels = drop_labels(labels, model.num_classes, model.label_dropout)
         with precision_ctx():
-            loss = diffusion_loss(net, model.schedule, images, labels)
+            loss = diffusion_loss(net, model.path, images, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -250,7 +250,7 @@ def _unet_peer(cfg, model, device, precisions: dict, genbench_precision):
     steps = {}
     for name, ctx in precisions.items():
         unet = diffusers_unet(dict(cfg.model.net), *model.image_shape[:2], model.num_classes).to(device)
-        steps[name] = diffusers_train_step(unet, model.schedule, model.num_classes, model.label_dropout, ctx)
+        steps[name] = diffusers_train_step(unet, model.path, model.num_classes, model.label_dropout, ctx)
     params = {"genbench": sum(p.numel() for p in model.net.parameters()), "peer": sum(p.numel() for p in unet.parameters())}
     return steps, "diffusers UNet2DModel", genbench_bare_diffusion_step(model, genbench_precision), params
 

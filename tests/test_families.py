@@ -283,8 +283,8 @@ class TestDiffusion(FamilyContract):
         t = torch.linspace(50, 950, len(images)).long()
         noise = torch.randn(images.shape, generator=g)
         with torch.no_grad():
-            out = model.net(model.schedule.add_noise(images, noise, t), t, labels)
-        return F.mse_loss(out, model.schedule.training_target(images, noise, t)).item()
+            out = model.net(model.path.add_noise(images, noise, t), t, labels)
+        return F.mse_loss(out, model.path.training_target(images, noise, t)).item()
 
     # ------------------------------------------------------------------ samplers
     @pytest.fixture
@@ -331,7 +331,7 @@ class TestDiffusion(FamilyContract):
 
         def reference(use_labels: torch.Tensor) -> torch.Tensor:
             noise = model.randn(n, *model.image_shape, generator=generator(0))
-            return DDIMSampler(steps)(lambda x, t: net(x, t, use_labels), model.schedule, noise)
+            return DDIMSampler(steps)(lambda x, t: net(x, t, use_labels), model.path, noise)
 
         null = torch.full((n,), model.num_classes)
         unconditional = model.sample(n, labels=labels, generator=generator(0), steps=steps, guidance_scale=0.0)

@@ -3,31 +3,46 @@
 from __future__ import annotations
 
 from genbench.diffusion.samplers import DEFAULT_SIGMA_MAX, DDIMSampler, DDPMSampler, Sampler
-from genbench.diffusion.solvers import DPMSolverPP2MSampler, EulerSampler, HeunSampler
+from genbench.diffusion.solvers import (DPMSolverPP2MSampler, Dopri5Sampler, EulerSampler, HeunSampler,
+                                        MidpointSampler)  # fmt: skip
 
-# name -> (class, whether it takes eta)
-SAMPLER_CLASSES: dict[str, tuple[type[Sampler], bool]] = {
-    "ddpm": (DDPMSampler, False),
-    "ddim": (DDIMSampler, True),
-    "dpmpp_2m": (DPMSolverPP2MSampler, False),
-    "euler": (EulerSampler, False),
-    "heun": (HeunSampler, False),
+SAMPLER_CLASSES: dict[str, type[Sampler]] = {
+    "ddpm": DDPMSampler,
+    "ddim": DDIMSampler,
+    "dpmpp_2m": DPMSolverPP2MSampler,
+    "euler": EulerSampler,
+    "heun": HeunSampler,
+    "midpoint": MidpointSampler,
+    "dopri5": Dopri5Sampler,
 }
 SAMPLERS = tuple(SAMPLER_CLASSES)
+# the settings only some samplers take: name -> the samplers that take it
+OWN_SETTINGS = {"eta": ("ddim",), "rtol": ("dopri5",), "atol": ("dopri5",)}
 
 
 def build_sampler(
-    name: str, steps: int, eta: float | None = None, sigma_max: float | None = DEFAULT_SIGMA_MAX
+    name: str,
+    steps: int,
+    eta: float | None = None,
+    sigma_max: float | None = DEFAULT_SIGMA_MAX,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> Sampler:
-    """The sampler named by the config; ``eta`` belongs to DDIM only (the others' noise is fixed or absent)."""
+    """The sampler named by the config; ``eta`` belongs to DDIM only (the others' noise is fixed or absent),
+    ``rtol`` and ``atol`` to dopri5."""
     if name not in SAMPLER_CLASSES:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
-    cls, takes_eta = SAMPLER_CLASSES[name]
     if sigma_max is not None and not float(sigma_max) > 0:
-        raise ValueError(f"sigma_max must be > 0 (or null: start at T-1), got {sigma_max}")
+        raise ValueError(f"sigma_max must be > 0 (or null: start at the path's noisiest point), got {sigma_max}")
     sigma_max = None if sigma_max is None else float(sigma_max)
-    if takes_eta:
-        return cls(int(steps), eta=0.0 if eta is None else float(eta), sigma_max=sigma_max)
-    if eta not in (None, 0, 0.0):
-        raise ValueError(f"eta applies only to the ddim sampler ({name}'s noise is fixed or absent), got eta={eta}")
-    return cls(int(steps), sigma_max=sigma_max)
+    given = {"eta": eta, "rtol": rtol, "atol": atol}
+    kwargs = {}
+    for key, value in given.items():
+        if name in OWN_SETTINGS[key]:
+            if value is not None:
+                kwargs[key] = float(value)
+        elif value not in (None, 0, 0.0) or (key != "eta" and value is not None):
+            takers = " and ".join(OWN_SETTINGS[key])
+            what = "its noise is fixed or absent" if key == "eta" else "it has fixed steps"
+            raise ValueError(f"{key} applies only to {takers} ({name}: {what}), got {key}={value}")
+    return SAMPLER_CLASSES[name](int(steps), sigma_max=sigma_max, **kwargs)

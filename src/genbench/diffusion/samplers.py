@@ -1,11 +1,15 @@
-"""Ancestral (DDPM) and implicit (DDIM) samplers, and the loop every sampler shares.
+"""Ancestral (DDPM) and implicit (DDIM) samplers, and the loop every solver shares.
 
-A sampler needs only ``model_fn(x_t, t) -> output`` (t a LongTensor[N]) and the ``NoiseSchedule`` the model
-was trained with; the schedule's parameterisation turns the output into a denoised estimate (the EDM
-"denoiser" D(x_t, t), Karras et al. 2022 sec. 2), which is all a sampler's update sees. ``guided`` turns a
-class-conditional U-Net into such a ``model_fn`` with classifier-free guidance. The ODE solvers (Euler,
-Heun, DPM-Solver++) are in :mod:`genbench.diffusion.solvers`, the names the config uses in
-:mod:`genbench.diffusion.registry`.
+A solver sees only a denoiser D(x, point) -> (x_0, eps) and a time grid (:class:`~genbench.diffusion.paths.Grid`):
+the path (:mod:`genbench.diffusion.paths`) turns the network's output into that estimate on its own time or sigma,
+and the space (:mod:`genbench.diffusion.spaces`) owns clipping and decoding. So one solver serves DDPM's discrete
+VP path, EDM's sigmas and a rectified flow's continuous time, in pixels or in a latent. ``guided`` turns a
+class-conditional U-Net into the ``model_fn(x, time)`` the denoiser calls, with classifier-free guidance. The ODE
+solvers (Euler, Heun, midpoint, DPM-Solver++, dopri5) are in :mod:`genbench.diffusion.solvers`, the names the
+config uses in :mod:`genbench.diffusion.registry`.
+
+Every update is written for a Gaussian path x = alpha x_0 + sigma eps in general (Kingma et al. 2021 sec. 3.2's
+q(x_s | x_t, x_0)), which for DDPM's alpha = sqrt(alpha_bar) is Ho et al.'s and Song et al.'s formulas.
 """
 
 from __future__ import annotations
@@ -16,55 +20,35 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from genbench.diffusion.schedule import NoiseSchedule
+from genbench.diffusion.paths import Grid, Path, Point
+from genbench.diffusion.schedule import NoiseSchedule, first_timestep, spaced_timesteps
+from genbench.diffusion.spaces import PIXELS, Space
 from genbench.noise import randn_like
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
-Denoiser = Callable[[Tensor, int], tuple[Tensor, Tensor]]
+Denoiser = Callable[[Tensor, Point], tuple[Tensor, Tensor]]
 
-# Where sampling starts: None is T-1. ``sigma_max`` (in sigma = sqrt((1 - alpha_bar) / alpha_bar)) can start it lower,
-# as Karras et al. 2022 (EDM, sec. 5) start at sigma = 80. The cosine schedule's T-1 has sigma ~ 20,000 (alpha_bar
-# 2.4e-9: its last beta is clipped at 0.999), where an eps-network's x_0 = (x_t - sqrt(1 - alpha_bar) eps) /
-# sqrt(alpha_bar) multiplies its error by 20,000. Measured (results/sampler_steps/README.md): starting at sigma 80
-# or 700 instead changes DDIM's FID by less than its noise, so the default keeps the whole schedule.
+__all__ = ["DEFAULT_SIGMA_MAX", "DDIMSampler", "DDPMSampler", "Denoiser", "ModelFn", "Sampler", "first_timestep",
+           "guided", "spaced_timesteps", "NoiseSchedule"]  # fmt: skip
+
+# Where sampling starts: None is the path's noisiest point (DDPM: T-1). ``sigma_max`` (in Karras's sigma = sigma /
+# alpha, for DDPM sqrt((1 - alpha_bar) / alpha_bar)) can start it lower, as Karras et al. 2022 (EDM, sec. 5) start at
+# sigma = 80. The cosine schedule's T-1 has sigma ~ 20,000 (alpha_bar 2.4e-9: its last beta is clipped at 0.999),
+# where an eps-network's x_0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) multiplies its error by 20,000.
+# Measured (results/sampler_steps/README.md): starting at sigma 80 or 700 instead changes DDIM's FID by less than its
+# noise, so the default keeps the whole schedule.
 DEFAULT_SIGMA_MAX: float | None = None
 
 
-def spaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
-    """``steps`` timesteps evenly spaced down from T-1, every step a stride of T/steps ("trailing" spacing).
-
-    The subsequence starts at pure noise (T-1) and its last step denoises from about T/steps - 1; with steps == T
-    it is the whole chain, T-1 down to 0. Spacing that also includes t=0 spends one of a few steps where a trained
-    network is close to the identity: 2 steps then sample what 1 step does. On the ddim_steps study's checkpoint
-    (1,000 samples, fmnist_classifier FID) trailing spacing gave 32.7 / 14.2 / 9.5 / 7.6 / 6.9 at 2 / 5 / 10 / 20 /
-    50 steps against 39.7 / 15.8 / 9.2 / 7.2 / 6.8 with t=0 included: a clear gain at few steps for a small cost
-    from 10 steps on (see Lin et al., "Common diffusion noise schedules and sample steps are flawed", WACV 2024).
-    """
-    if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"sampler steps must be in [1, {num_timesteps}] (the schedule's T), got {steps}")
-    stride = num_timesteps / steps
-    # floor(x + 0.5) rather than round(): banker's rounding could map two points a stride >= 1 apart together
-    return [int(num_timesteps - i * stride + 0.5) - 1 for i in range(steps)]
-
-
-def first_timestep(schedule: NoiseSchedule, sigma_max: float | None) -> int:
-    """The noisiest timestep a sampler starts from: T-1, or the last one whose sigma is <= ``sigma_max``."""
-    if sigma_max is None:
-        return schedule.num_timesteps - 1
-    if not sigma_max > 0:
-        raise ValueError(f"sigma_max must be > 0 (or null: start at T-1), got {sigma_max}")
-    allowed = (schedule.sigmas.double() <= sigma_max).nonzero()
-    if len(allowed) == 0:
-        raise ValueError(f"sigma_max={sigma_max} is below every sigma of the schedule (smallest {schedule.sigmas[0]:.3g})")
-    return int(allowed.max())
-
-
 class Sampler:
-    """The shared loop: denoise at each timestep of the subsequence, then ``step`` to the next one.
+    """The shared loop: denoise at each point of the grid, then ``step`` to the next one.
 
-    ``sigma_max`` caps where the subsequence starts (None: at T-1), ``clip_denoised`` clamps each x_0 estimate
-    to the data range [-1, 1]. ``nfe`` is the number of network evaluations one sample costs.
+    ``sigma_max`` caps where the grid starts (None: at the path's noisiest point), ``clip_denoised`` lets the space
+    clip each x_0 estimate (pixels: to [-1, 1]; a latent space clips nothing). ``nfe`` is the number of network
+    evaluations one sample costs (None for an adaptive solver until it has run: ``last_nfe``).
     """
+
+    adaptive = False
 
     def __init__(self, steps: int, clip_denoised: bool = True, sigma_max: float | None = DEFAULT_SIGMA_MAX) -> None:
         if steps < 1:
@@ -72,26 +56,32 @@ class Sampler:
         self.steps = steps
         self.clip_denoised = clip_denoised
         self.sigma_max = sigma_max
+        self.last_nfe: int | None = None
 
     @property
-    def nfe(self) -> int:
+    def nfe(self) -> int | None:
         return self.steps
 
+    def grid(self, path: Path) -> Grid:
+        return path.grid(self.steps, self.sigma_max)
+
     def timesteps(self, schedule: NoiseSchedule) -> list[int]:
-        """Trailing spacing (``spaced_timesteps``) over 0 .. ``first_timestep``."""
-        return spaced_timesteps(first_timestep(schedule, self.sigma_max) + 1, self.steps)
+        """The DDPM timesteps the network sees (trailing spacing), for a discrete VP path."""
+        return [p.time for p in self.grid(schedule).points[:-1]]
 
-    def denoiser(self, model_fn: ModelFn, schedule: NoiseSchedule) -> Denoiser:
-        """D(x_t, t) -> (x_0, eps) estimates: the parameterisation and the clipping live here, not in the updates."""
-        alphas_cumprod = schedule.alphas_cumprod.double().cpu()
+    def denoiser(self, model_fn: ModelFn, path: Path, space: Space = PIXELS) -> Denoiser:
+        """D(x, point) -> (x_0, eps) estimates: the path's parameterisation, then the space's clipping (with the
+        eps made consistent with the clipped x_0), never the updates'."""
+        clip = self.clip_denoised and space.clips
 
-        def denoise(x: Tensor, t: int) -> tuple[Tensor, Tensor]:
-            t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-            x0, eps = schedule.predict_x0_eps(model_fn(x, t_batch).float(), x, t_batch)
-            if self.clip_denoised:
-                alpha_bar = alphas_cumprod[t].item()
-                x0 = x0.clamp(-1, 1)
-                eps = (x - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5  # the eps consistent with the clipped x_0
+        def denoise(x: Tensor, point: Point) -> tuple[Tensor, Tensor]:
+            dtype = torch.long if isinstance(point.time, int) else torch.float32
+            time = torch.full((x.shape[0],), point.time, dtype=dtype, device=x.device)
+            x0, eps = path.to_x0_eps(model_fn(path.net_input(x, point), time).float(), x, point)
+            if clip:
+                x0 = space.clip(x0)
+                if point.sigma > 0:  # at sigma 0 no eps is consistent with a moved x_0: the path's own stays
+                    eps = (x - point.alpha * x0) / point.sigma
             return x0, eps
 
         return denoise
@@ -100,33 +90,39 @@ class Sampler:
     def __call__(
         self,
         model_fn: ModelFn,
-        schedule: NoiseSchedule,
+        path: Path,
         noise: Tensor,
         generator=None,
         progress: bool = False,
+        space: Space = PIXELS,
     ) -> Tensor:
-        """Denoise ``noise`` (x_T ~ N(0, I)) into samples in [-1, 1]; ``generator`` drives any fresh noise
-        (a ``torch.Generator``, per-image :class:`genbench.noise.IndexedNoise` streams, or None)."""
-        timesteps = self.timesteps(schedule)
-        alphas_cumprod = [float(a) for a in schedule.alphas_cumprod.double().cpu()[timesteps]] + [1.0]
-        with _sampling_bar(progress, len(timesteps), f"{type(self).__name__}, {len(noise)} images") as advance:
-            x = self.solve(self.denoiser(model_fn, schedule), noise.float(), timesteps, alphas_cumprod, generator,
-                           advance)  # fmt: skip
-        return x.clamp(-1, 1)
+        """Solve from ``noise`` (standard normal, the space's state shape) to the data and decode it: images in
+        [-1, 1]. ``generator`` drives any fresh noise (a ``torch.Generator``, per-image
+        :class:`genbench.noise.IndexedNoise` streams, or None)."""
+        grid = self.grid(path)
+        calls = [0]
 
-    def solve(self, denoise: Denoiser, x: Tensor, timesteps: list[int], alphas_cumprod: list[float], generator,
-              progress: Callable[[], None] | None) -> Tensor:  # fmt: skip
-        """One ``step`` per timestep; ``alphas_cumprod[i]`` belongs to ``timesteps[i]``, and ends with 1.0 (x_0).
-        ``progress``: called after each step (see :func:`_maybe_progress`), or None."""
-        for i, t in enumerate(_maybe_progress(timesteps, progress)):
-            x0, eps = denoise(x, t)
-            x = self.step(x, x0, eps, alphas_cumprod[i], alphas_cumprod[i + 1], generator)
+        def counted(x: Tensor, time: Tensor) -> Tensor:
+            calls[0] += 1
+            return model_fn(x, time)
+
+        total = grid.steps if not self.adaptive else None
+        with _sampling_bar(progress, total, f"{type(self).__name__}, {len(noise)} images") as advance:
+            x = self.solve(self.denoiser(counted, path, space), path.start(noise.float(), grid), grid, generator,
+                           advance, path)  # fmt: skip
+        self.last_nfe = calls[0]
+        return space.decode(x)
+
+    def solve(self, denoise: Denoiser, x: Tensor, grid: Grid, generator, progress: Callable[[], None] | None,
+              path: Path) -> Tensor:  # fmt: skip
+        """One ``step`` per grid point but the last. ``progress``: called after each step, or None."""
+        for i in _maybe_progress(range(grid.steps), progress):
+            x0, eps = denoise(x, grid.points[i])
+            x = self.step(x, x0, eps, grid.points[i], grid.points[i + 1], generator)
         return x
 
-    def step(
-        self, x_t: Tensor, x0: Tensor, eps: Tensor, alpha_bar: float, alpha_bar_prev: float, generator
-    ) -> Tensor:
-        """x at the next (less noisy) timestep of the subsequence, whose alpha_bar is ``alpha_bar_prev``."""
+    def step(self, x: Tensor, x0: Tensor, eps: Tensor, here: Point, there: Point, generator) -> Tensor:
+        """x at the next (less noisy) grid point ``there``."""
         raise NotImplementedError
 
     def settings(self) -> str:
@@ -134,6 +130,15 @@ class Sampler:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings()})"
+
+
+def posterior(here: Point, there: Point) -> tuple[float, float, float]:
+    """q(x_s | x_t, x_0) from point t (``here``) to the less noisy s (``there``): the weights of x_t and x_0 in its
+    mean and its variance (Kingma et al. 2021 eqs. 24-25; for DDPM, Ho et al. eq. 7 with beta respaced)."""
+    alpha_ts = here.alpha / there.alpha
+    var_ts = here.sigma**2 - alpha_ts**2 * there.sigma**2  # sigma^2_{t|s}; DDPM: beta = 1 - alpha_bar / alpha_bar_prev
+    ratio = there.sigma**2 / here.sigma**2
+    return alpha_ts * ratio, there.alpha * var_ts / here.sigma**2, var_ts * ratio
 
 
 class DDPMSampler(Sampler):
@@ -146,16 +151,12 @@ class DDPMSampler(Sampler):
     def __init__(self, steps: int = 1000, clip_denoised: bool = True, sigma_max: float | None = DEFAULT_SIGMA_MAX) -> None:
         super().__init__(steps, clip_denoised, sigma_max)
 
-    def step(self, x_t, x0, eps, alpha_bar, alpha_bar_prev, generator):
-        beta = 1 - alpha_bar / alpha_bar_prev
-        # posterior mean, Ho eq. 7
-        mean = (alpha_bar_prev**0.5 * beta / (1 - alpha_bar)) * x0 + (
-            (1 - beta) ** 0.5 * (1 - alpha_bar_prev) / (1 - alpha_bar)
-        ) * x_t
-        variance = beta * (1 - alpha_bar_prev) / (1 - alpha_bar)  # beta-tilde, Ho eq. 7; zero on the last step
-        if variance == 0:
+    def step(self, x, x0, eps, here, there, generator):
+        w_x, w_x0, variance = posterior(here, there)
+        mean = w_x0 * x0 + w_x * x
+        if variance <= 0:  # zero on the last step
             return mean
-        return mean + variance**0.5 * randn_like(x_t, generator)
+        return mean + variance**0.5 * randn_like(x, generator)
 
 
 class DDIMSampler(DDPMSampler):
@@ -169,20 +170,21 @@ class DDIMSampler(DDPMSampler):
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.eta = eta
 
-    def step(self, x_t, x0, eps, alpha_bar, alpha_bar_prev, generator):
-        # Song et al. 2021 eq. 12, with sigma from eq. 16
-        sigma = self.eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)) ** 0.5
-        x = alpha_bar_prev**0.5 * x0 + max(1 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps
+    def step(self, x, x0, eps, here, there, generator):
+        # Song et al. 2021 eq. 12, with sigma from eq. 16 (eta times the posterior's standard deviation)
+        _, _, variance = posterior(here, there)
+        sigma = self.eta * max(variance, 0.0) ** 0.5
+        x = there.alpha * x0 + max(there.sigma**2 - sigma**2, 0.0) ** 0.5 * eps
         if sigma == 0:
             return x
-        return x + sigma * randn_like(x_t, generator)
+        return x + sigma * randn_like(x, generator)
 
     def settings(self) -> str:
         return f"steps={self.steps}, eta={self.eta}, sigma_max={self.sigma_max}, clip_denoised={self.clip_denoised}"
 
 
 @contextmanager
-def _sampling_bar(enabled: bool, total: int, description: str) -> Iterator[Callable[[], None] | None]:
+def _sampling_bar(enabled: bool, total: int | None, description: str) -> Iterator[Callable[[], None] | None]:
     """A rich bar of ``total`` steps on stderr (stdout may carry a command's result), or None when not ``enabled``;
     yields the function that advances it by one step.
 
@@ -202,10 +204,13 @@ def _sampling_bar(enabled: bool, total: int, description: str) -> Iterator[Calla
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
         yield lambda: bar.advance(task)
+        if total is None:  # an adaptive solver: its steps are known once it is done
+            total = int(bar.tasks[0].completed)
+            bar.update(task, total=total)
         bar.update(task, completed=total)
 
 
-def _maybe_progress(timesteps: list[int], advance: Callable[[], None] | None) -> Iterable[int]:
+def _maybe_progress(timesteps: Iterable[int], advance: Callable[[], None] | None) -> Iterable[int]:
     """``timesteps``, calling ``advance`` (from :func:`_sampling_bar`) after each step is done."""
     if advance is None:
         yield from timesteps

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genbench.errors import GenbenchError
 from genbench.models.base import Diverged, GenerativeModule
@@ -55,6 +55,16 @@ def build_model(model_cfg: DictConfig, image_shape, num_classes: int | None, cla
     return model
 
 
+def migrated_config(cfg: DictConfig) -> DictConfig:
+    """A checkpoint's config in today's names: the iterative core's ``model.path`` was ``model.schedule`` before it
+    served paths other than DDPM's (the same object, the same weights, the same images)."""
+    model = cfg.get("model")
+    if model is not None and "schedule" in model and "path" not in model:
+        with open_dict(cfg):
+            model["path"] = model.pop("schedule")
+    return cfg
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -75,7 +85,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     meta = checkpoint.get("genbench") if isinstance(checkpoint, dict) else None
     if not meta or "state_dict" not in checkpoint:
         raise GenbenchError(f"{path} is not a genbench checkpoint (no 'genbench' record inside)")
-    cfg = OmegaConf.create(meta["config"])
+    cfg = migrated_config(OmegaConf.create(meta["config"]))
     data = meta["data"]
     model = build_model(cfg.model, data["image_shape"], data["num_classes"], data["class_names"])
     model.load_state_dict(checkpoint["state_dict"])

@@ -49,6 +49,10 @@ class GenerativeModule(pl.LightningModule):
     #: ``sampler_nfe(**settings)`` its network evaluations per image, ``compiled_sampling()`` and
     #: ``warm_up_sampling(n, labels, **settings)`` its torch.compile path. False: one pass, none of these.
     takes_sampler: ClassVar[bool] = False
+    #: With ``takes_sampler``: the names ``sampler=NAME`` may take.
+    samplers: ClassVar[tuple[str, ...]] = ()
+    #: The family's name is its config's ``family`` (one class serving several families), not the class's.
+    family_from_config: ClassVar[bool] = False
     #: With ``takes_sampler``: the deterministic settings whose ``steps`` the step-count figure varies (one noise
     #: draw per row gives one image per step count); None when the family's sampler has no step count to vary.
     step_sampler: ClassVar[dict | None] = None
@@ -73,8 +77,10 @@ class GenerativeModule(pl.LightningModule):
         log_every_n_steps: PositiveInt = 25,
     ):
         super().__init__()
-        if family is not None and family != self.family:
+        if family is not None and family != self.family and not self.family_from_config:
             raise GenbenchError(f"model.family={family} does not match {type(self).__name__} (family {self.family})")
+        if family is not None:
+            self.family = family
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = int(num_classes) if (conditional and num_classes) else None
         self.class_names = list(class_names) if (self.num_classes and class_names) else None

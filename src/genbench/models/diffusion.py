@@ -1,4 +1,10 @@
-"""Denoising diffusion: a UNet learns to predict the noise (or v) added by the schedule."""
+"""The iterative families: a U-Net trained on a probability path, sampled by an ODE/SDE solver, in a space.
+
+One class serves every family of the core (:mod:`genbench.diffusion`): ``model.path`` says what is learned (DDPM's
+VP schedule with eps or v, EDM's preconditioned sigmas, a rectified flow), ``model.space`` where (pixels, or a frozen
+autoencoder's latent), and ``sampler=NAME`` how it is sampled. The family's name comes from its config
+(``conf/model/FAMILY.yaml``'s ``family``).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,13 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genbench.schema.types import Probability
-from genbench.diffusion.registry import build_sampler
+from genbench.diffusion.paths import Path
+from genbench.diffusion.registry import SAMPLERS, build_sampler
 from genbench.diffusion.samplers import DEFAULT_SIGMA_MAX, Sampler, guided
-from genbench.diffusion.schedule import NoiseSchedule
+from genbench.diffusion.spaces import Space
 from genbench.errors import GenbenchError
 from genbench.models.base import GenerativeModule
 from genbench.training.speed import compile_cache_dir
@@ -34,12 +40,9 @@ def in_bf16(model_fn: Callable) -> Callable:
     return run
 
 
-def diffusion_loss(net: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """Ho et al. 2020 eq. 14 (simple loss): MSE between the network output and the eps (or v) target."""
-    t = schedule.sample_timesteps(x0.shape[0], x0.device)
-    noise = torch.randn_like(x0)
-    prediction = net(schedule.add_noise(x0, noise, t), t, labels)
-    return F.mse_loss(prediction.float(), schedule.training_target(x0, noise, t))
+def diffusion_loss(net: nn.Module, path: Path, x0: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """The path's training loss of one batch (DDPM's: Ho et al. 2020 eq. 14, MSE to the eps or v target)."""
+    return path.loss(net, x0, labels)
 
 
 def drop_labels(labels: torch.Tensor | None, num_classes: int | None, p: float) -> torch.Tensor | None:
@@ -53,21 +56,25 @@ def drop_labels(labels: torch.Tensor | None, num_classes: int | None, p: float) 
 
 class DiffusionModule(GenerativeModule):
     family = "diffusion"
+    family_from_config = True  # diffusion, flow, latent_diffusion, ...: one class, the name in the config
     takes_sampler = True
+    samplers = SAMPLERS
     step_sampler = {"sampler": "ddim", "eta": 0.0}  # DDIM with eta 0: deterministic, one image per noise draw
 
     def __init__(
         self,
         net: Callable[..., nn.Module],
-        schedule: NoiseSchedule,
+        path: Path,
         optimizer: Callable[..., torch.optim.Optimizer],
         label_dropout: Probability = 0.1,
+        space: Space | None = None,
         **base,
     ):
         super().__init__(**base)
-        channels, size, _ = self.image_shape
+        self.space = Space() if space is None else space
+        channels, size, _ = self.space.state_shape(self.image_shape)
         self.net = net(image_channels=channels, image_size=size, num_classes=self.num_classes)
-        self.schedule = schedule
+        self.path = path
         self.optimizer_factory = optimizer
         self.label_dropout = label_dropout
         self.set_training_view("train_net", self.net)
@@ -79,7 +86,7 @@ class DiffusionModule(GenerativeModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
         labels = drop_labels(labels, self.num_classes, self.label_dropout)
-        loss = diffusion_loss(self.train_net, self.schedule, images, labels)
+        loss = diffusion_loss(self.train_net, self.path, self.space.encode(images), labels)
         self.log_losses({"loss": loss})
         return loss
 
@@ -87,19 +94,24 @@ class DiffusionModule(GenerativeModule):
         return self.make_optimizer(self.optimizer_factory, self.net.parameters())
 
     def make_sampler(self, sampler: str = "ddim", steps: int = 50, eta: float | None = None,
-                      sigma_max: float | None = DEFAULT_SIGMA_MAX, **_) -> Sampler:  # fmt: skip
+                     sigma_max: float | None = DEFAULT_SIGMA_MAX, rtol: float | None = None,
+                     atol: float | None = None, **_) -> Sampler:  # fmt: skip
         """The sampler that ``sample`` with these settings runs; bad settings are a GenbenchError."""
         try:
-            chosen = build_sampler(sampler, int(steps), eta, sigma_max)
-            chosen.timesteps(self.schedule)  # refuses a step count the schedule cannot give
+            chosen = build_sampler(sampler, int(steps), eta, sigma_max, rtol, atol)
+            chosen.grid(self.path)  # refuses a step count the path cannot give
         except ValueError as exc:
             raise GenbenchError(f"sampler: {exc}") from exc
         return chosen
 
-    def sampler_nfe(self, **settings) -> int:
+    def sampler_nfe(self, **settings) -> int | None:
         """Network evaluations per sample for these sampler settings (``sample``'s keywords); Heun's are ~2 per step.
-        Guidance at a scale other than 0 or 1 batches both branches into each evaluation, so it does not change this."""
-        return self.make_sampler(**settings).nfe
+        Guidance at a scale other than 0 or 1 batches both branches into each evaluation, so it does not change this.
+        An adaptive solver's (dopri5) is known once it has run: the last ``sample``'s, or None before one."""
+        chosen = self.make_sampler(**settings)
+        if chosen.adaptive:
+            return getattr(self, "last_sampler_nfe", None)
+        return chosen.nfe
 
     def sampler_settings(self, sampler: dict | None) -> dict:
         """Diffusion samples through a sampler: ``sampler`` completed with ``sample``'s defaults and checked (the
@@ -113,7 +125,8 @@ class DiffusionModule(GenerativeModule):
         try:
             settings["steps"] = int(settings["steps"])
             settings["guidance_scale"] = float(settings["guidance_scale"])
-            settings["eta"] = None if settings["eta"] is None else float(settings["eta"])
+            for key in ("eta", "rtol", "atol"):
+                settings[key] = None if settings[key] is None else float(settings[key])
         except (TypeError, ValueError) as exc:
             raise GenbenchError(f"sampler settings {dict(sampler or {})}: {exc}") from exc
         if settings["precision"] not in SAMPLING_PRECISIONS:
@@ -122,6 +135,9 @@ class DiffusionModule(GenerativeModule):
         if settings["precision"] == FP32:
             # fp32 is what every protocol before this setting sampled in: left out, their ids stay what they were
             del settings["precision"]
+        for key in ("rtol", "atol"):  # dopri5's own; left out elsewhere, so the other samplers' protocol ids stay
+            if settings[key] is None:
+                del settings[key]
         if self.num_classes is None and settings["guidance_scale"] != 1.0:
             raise GenbenchError(f"sampler.guidance_scale={settings['guidance_scale']:g}, but this diffusion model is "
                                 "unconditional (no classes to guide towards): leave it at 1")  # fmt: skip
@@ -140,17 +156,20 @@ class DiffusionModule(GenerativeModule):
         guidance_scale: float = 1.0,
         sigma_max: float | None = DEFAULT_SIGMA_MAX,
         precision: str = FP32,
+        rtol: float | None = None,
+        atol: float | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """``n`` images from the EMA weights with the named sampler (``genbench.diffusion.SAMPLERS``); the sampler's
         NFE is kept as ``last_sampler_nfe``. ``generator``: a torch.Generator, IndexedNoise streams or None.
         ``precision``: ``bf16-mixed`` runs the network under bf16 autocast; the solver's arithmetic stays fp32."""
-        chosen = self.make_sampler(sampler, steps, eta, sigma_max)
+        chosen = self.make_sampler(sampler, steps, eta, sigma_max, rtol, atol)
         labels = self.resolve_labels(n, labels, generator)
         model_fn = self.sampling_fn(labels, guidance_scale, precision)
-        noise = self.randn(n, *self.image_shape, generator=generator)
-        self.last_sampler_nfe = chosen.nfe
-        return chosen(model_fn, self.schedule, noise, generator=generator, progress=progress)
+        noise = self.randn(n, *self.space.state_shape(self.image_shape), generator=generator)
+        images = chosen(model_fn, self.path, noise, generator=generator, progress=progress, space=self.space)
+        self.last_sampler_nfe = chosen.last_nfe if chosen.adaptive else chosen.nfe
+        return images
 
     def sampling_fn(self, labels: torch.Tensor | None, guidance_scale: float, precision: str) -> Callable:
         """``model_fn(x_t, t)`` as the samplers call it: the EMA network (compiled inside :meth:`compiled_sampling`),
@@ -167,8 +186,10 @@ class DiffusionModule(GenerativeModule):
         """One network call as :meth:`sample` of ``n`` images with these settings makes it (same shapes, dtypes,
         guidance and precision), so that a compiled network compiles here rather than in the first sampling step."""
         labels = self.resolve_labels(n, labels, None)
-        x = torch.zeros(n, *self.image_shape, device=self.device)
-        t = torch.full((n,), self.schedule.num_timesteps - 1, dtype=torch.long, device=self.device)
+        x = torch.zeros(n, *self.space.state_shape(self.image_shape), device=self.device)
+        first = self.path.grid(1).points[0]
+        dtype = torch.long if isinstance(first.time, int) else torch.float32
+        t = torch.full((n,), first.time, dtype=dtype, device=self.device)
         self.sampling_fn(labels, guidance_scale, precision)(x, t)
 
     @contextmanager

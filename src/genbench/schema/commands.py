@@ -69,6 +69,19 @@ def check_trainer_arguments(trainer: dict) -> None:
             raise GenbenchError(f"trainer.{key}={show(value)}; expected a finite number")
 
 
+def check_sampler_name(model: dict, name: str) -> None:
+    """``sampler.name`` among the samplers the model's class declares (a model that takes none ignores it)."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(str(model.get("_target_")))
+    except Exception:  # noqa: BLE001 - check_target has said what is wrong with the target
+        return
+    names = getattr(cls, "samplers", ())
+    if getattr(cls, "takes_sampler", False) and name not in names:
+        raise GenbenchError(f"sampler.name={name}; expected one of {', '.join(names)}{nearest(name, set(names))}")
+
+
 def check_config(cfg: DictConfig | dict, command: Command = "train") -> dict:
     """Every key of ``command``'s composed config against its rule; the plain values, or one GenbenchError."""
     values = resolved(cfg)
@@ -77,6 +90,7 @@ def check_config(cfg: DictConfig | dict, command: Command = "train") -> dict:
         check_target(values["data"], "data")
     if command == "train":
         check_target(values["model"], "model", SUPPLIED)
+        check_sampler_name(values["model"], values["sampler"]["name"])
         check_trainer_arguments(values["trainer"])
         for name, node in values["callbacks"].items():
             if node is not None:

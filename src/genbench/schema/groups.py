@@ -45,7 +45,8 @@ class Budget(Group):
 
 
 class Sampler(Group):
-    """``sampler=NAME``; whether the model takes this sampler (or guidance at all) is the model's own check."""
+    """``sampler=NAME``; whether the model takes this sampler (its class's ``samplers``), or guidance at all, is
+    asked of the model (``check_config`` for train, the model's ``sampler_settings`` for a checkpoint)."""
 
     name: Text
     steps: PositiveInt
@@ -53,14 +54,8 @@ class Sampler(Group):
     guidance_scale: Float = 1.0
     precision: SAMPLING_PRECISIONS = "32-true"
     sigma_max: PositiveFloat | None = None
-
-    @model_validator(mode="after")
-    def _known(self) -> "Sampler":
-        from genbench.diffusion.registry import SAMPLERS
-
-        if self.name not in SAMPLERS:
-            raise ValueError(f"sampler.name={self.name}; expected one of {', '.join(SAMPLERS)}")
-        return self
+    rtol: PositiveFloat | None = None  # dopri5's tolerances
+    atol: PositiveFloat | None = None
 
 
 class Hardware(Group):
