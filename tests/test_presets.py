@@ -10,7 +10,7 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import pytest
-from conftest import FAMILIES, compose_train, requires_fmnist, run_cli, tiny_overrides
+from conftest import CONF_DIR, FAMILIES, compose_train, requires_fmnist, run_cli, tiny_overrides
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -82,8 +82,13 @@ def test_studies_compose_at_paper_size_on_a_gpu(study, family, tmp_path):
     Budget(**cfg.budget)
     assert cfg.name == study and cfg.evaluate is True
     assert cfg.hardware.accelerator == "gpu" and cfg.hardware.precision == "bf16-mixed" and cfg.data.on_device
-    widths = {"diffusion": ("net", 128), "gan": ("generator", 256), "vae": ("net", 96)}[family]
-    assert cfg.model[widths[0]].base_channels == widths[1]
+    # the paper-size networks of the family's conf/model/nets/paper/FAMILY.yaml (diffusion and flow: 128, GAN: 256)
+    from omegaconf import DictConfig, OmegaConf
+
+    paper = OmegaConf.load(CONF_DIR / "model" / "nets" / "paper" / f"{family}.yaml")
+    widths = {key: node.base_channels for key, node in paper.items() if isinstance(node, DictConfig) and
+              "base_channels" in node}  # fmt: skip
+    assert widths and all(cfg.model[key].base_channels == width for key, width in widths.items()), widths
 
 
 def test_cifar10_compare_is_scored_as_papers_report(tmp_path):
