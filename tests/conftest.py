@@ -44,8 +44,10 @@ def cpu_precision() -> str:
 
 # Width-8 networks and short samplers: enough to exercise every code path, cheap enough for CPU CI. Each family's
 # networks are shrunk by what their config holds, whatever the family: every base_channels to 8, every
-# latent_dim to a quarter, every num_heads to 2 (a new family's conf/model/FAMILY.yaml gets the same).
-TINY_WIDTHS = {"base_channels": lambda v: 8, "latent_dim": lambda v: max(1, v // 4), "num_heads": lambda v: 2}
+# latent_dim to a quarter, every num_heads to 2, a first stage's train_images (a latent space's autoencoder) to two
+# batches of TINY_RUN, so that a short run trains both stages (a new family's conf/model/FAMILY.yaml gets the same).
+TINY_WIDTHS = {"base_channels": lambda v: 8, "latent_dim": lambda v: max(1, v // 4), "num_heads": lambda v: 2,
+               "train_images": lambda v: 32}  # fmt: skip
 
 
 def tiny_model_overrides(family: str) -> list[str]:

@@ -40,7 +40,9 @@ def net_inputs(name: str, net: torch.nn.Module, batch: int = 4) -> tuple:
     labels = torch.randint(0, 10, (batch,)) if getattr(net, "num_classes", None) else None
     if name == "train_generator":
         return torch.randn(batch, net.latent_dim), labels
-    images = torch.rand(batch, 1, 28, 28) * 2 - 1
+    # what the network takes: images, or a latent space's states (a net records its input's channels and size)
+    channels, size = getattr(net, "image_channels", 1), getattr(net, "image_size", 28)
+    images = torch.rand(batch, channels, size, size) * 2 - 1
     if name == "train_net" and "UNet" in type(net).__name__:
         return images, torch.randint(0, 1000, (batch,)), labels
     return images, labels

@@ -16,6 +16,27 @@ class Space(nn.Module):
     #: ``clip`` bounds a denoised estimate (``sampler``'s ``clip_denoised`` applies)
     clips = True
 
+    def build(self, image_shape: tuple[int, ...]) -> None:
+        """Make what depends on the data's image shape (a latent space's autoencoder)."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the space trains itself (in its own stage); none for pixels."""
+        return []
+
+    def in_stage(self, images_seen: int) -> bool:
+        """Whether the batch after ``images_seen`` images trains the space (``stage_loss``) rather than the model."""
+        return False
+
+    def stage_loss(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        """Whether ``encode`` may be used for the model's training (a latent space: its scale is set)."""
+        return True
+
+    def prepare(self, images: Tensor) -> None:
+        """Called with the first batch the model trains on, when the space is not ``ready``."""
+
     def state_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(image_shape)
 
@@ -29,8 +50,8 @@ class Space(nn.Module):
     def clip(self, x0: Tensor) -> Tensor:
         return x0.clamp(-1, 1)
 
-    def identity(self) -> dict | None:
-        """What of the space enters a run's training identity beyond its config (a latent space: its autoencoder)."""
+    def stage_record(self, images_seen: int) -> dict | None:
+        """What run.json records of the space's own stage (a latent space: its autoencoder's images and parameters)."""
         return None
 
 

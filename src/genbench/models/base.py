@@ -243,6 +243,10 @@ class GenerativeModule(pl.LightningModule):
         """``n`` images in [-1, 1], shape (n, C, H, W), from the EMA weights."""
         raise NotImplementedError
 
+    def stage_record(self) -> dict | None:
+        """run.json's ``stages``: what a family trains before its model (a latent space's autoencoder), or None."""
+        return None
+
     @classmethod
     def has_sampler_steps(cls) -> bool:
         """Takes a sampler whose step count can be varied: the step-count figure draws such a family."""

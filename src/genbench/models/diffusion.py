@@ -72,6 +72,7 @@ class DiffusionModule(GenerativeModule):
     ):
         super().__init__(**base)
         self.space = Space() if space is None else space
+        self.space.build(self.image_shape)
         channels, size, _ = self.space.state_shape(self.image_shape)
         self.net = net(image_channels=channels, image_size=size, num_classes=self.num_classes)
         self.path = path
@@ -85,13 +86,28 @@ class DiffusionModule(GenerativeModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
+        if self.space.in_stage(self.images_seen):  # the space's own stage first (a latent space's autoencoder)
+            loss, losses = self.space.stage_loss(images)
+            self.log_losses(losses)
+            return loss
+        if not self.space.ready():
+            self.space.prepare(images)  # e.g. the latent scale from this batch (LDM's scale_by_std)
         labels = drop_labels(labels, self.num_classes, self.label_dropout)
         loss = diffusion_loss(self.train_net, self.path, self.space.encode(images), labels)
         self.log_losses({"loss": loss})
         return loss
 
     def configure_optimizers(self):
-        return self.make_optimizer(self.optimizer_factory, self.net.parameters())
+        """One optimizer: the network, and a space's own parameters in a group with the space's learning rate. Each
+        stage leaves the other's parameters without gradients, which the optimizer then skips."""
+        groups = [{"params": list(self.net.parameters())}]
+        if self.space.trainable_parameters():
+            groups.append({"params": self.space.trainable_parameters(), "lr": self.space.lr})
+        return self.make_optimizer(self.optimizer_factory, groups if len(groups) > 1 else groups[0]["params"])
+
+    def stage_record(self) -> dict | None:
+        """run.json's record of the space's own stage, if it has one."""
+        return self.space.stage_record(self.images_seen)
 
     def make_sampler(self, sampler: str = "ddim", steps: int = 50, eta: float | None = None,
                      sigma_max: float | None = DEFAULT_SIGMA_MAX, rtol: float | None = None,

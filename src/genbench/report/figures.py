@@ -28,7 +28,8 @@ from genbench.report.collect import Run  # noqa: E402
 log = logging.getLogger(__name__)
 # A family's colour in every figure. The palette keeps the colours the default families have always had; a family
 # not in it takes the next unused Tableau colour by its place among genbench's families, so it always gets one.
-PALETTE = {"gan": "tab:red", "vae": "tab:blue", "diffusion": "tab:green"}
+PALETTE = {"gan": "tab:red", "vae": "tab:blue", "diffusion": "tab:green", "flow": "tab:purple",
+           "latent_diffusion": "tab:olive"}
 SPARE_COLORS = [c for c in ("tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
                 if c not in PALETTE.values()]  # fmt: skip
 

@@ -2,7 +2,8 @@
 
 FID against seconds per 1,000 samples (log x), each run's checkpoint re-sampled and re-scored under one metrics
 setting: a model that samples in one pass is a point; a model that takes a sampler (``takes_sampler``) is one
-curve per sampler over its step counts, each point labelled with its network evaluations.
+curve per sampler over its step counts, each point labelled with its network evaluations. A ``report.cost_samplers``
+entry with ``families`` is drawn for those families only (solvers meant for one path, say).
 ``figures/sampler_cost.csv`` holds the numbers. Drawn from the first completed run of each family.
 """
 
@@ -19,7 +20,7 @@ from genbench.errors import GenbenchError
 from genbench.report import figures as fig
 
 log = logging.getLogger(__name__)
-SAMPLER_STYLES = {"ddpm": "s", "ddim": "o", "dpmpp_2m": "D", "euler": "v", "heun": "^"}
+SAMPLER_STYLES = {"ddpm": "s", "ddim": "o", "dpmpp_2m": "D", "euler": "v", "heun": "^", "midpoint": "P", "dopri5": "X"}
 
 
 def sampler_label(sampler: dict) -> str:
@@ -44,8 +45,10 @@ def measure(runs, samplers: list[dict], steps: list[int], n: int, fallback_metri
         datamodule = fig.build_datamodule(run_cfg)
         guidance = fig.sampler_kwargs(run_cfg)["guidance_scale"]
         settings = [None]
-        if model.takes_sampler:  # every sampler at every step count
-            settings = [{**s, "steps": int(k), "guidance_scale": guidance} for s in samplers for k in steps]
+        if model.takes_sampler:  # every sampler meant for this family, at every step count
+            chosen = [{k: v for k, v in s.items() if k != "families"} for s in samplers
+                      if s.get("families") is None or family in s["families"]]  # fmt: skip
+            settings = [{**s, "steps": int(k), "guidance_scale": guidance} for s in chosen for k in steps]
         for sampler in settings:
             record = evaluate_model(model, metrics, datamodule, sampler)
             row = {"family": family, "setting": run.setting, "seed": run.seed,

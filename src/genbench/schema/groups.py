@@ -175,6 +175,7 @@ class CostSampler(Group):
     name: Text
     eta: NonNegativeFloat | None = None
     sigma_max: PositiveFloat | None = None
+    families: list[Text] | None = None  # draw this entry for these families only (null: every one with a sampler)
 
 
 class ReportSettings(Group):

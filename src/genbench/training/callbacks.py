@@ -45,6 +45,9 @@ class RunRecordCallback(pl.Callback):
             speed=speed_info(trainer, pl_module),
             **fields,
         )
+        stages = pl_module.stage_record()  # a latent model's autoencoder stage: its images, parameters and scale
+        if stages:
+            self.record["stages"] = stages
         if trainer.is_global_zero:
             write_json(self.path, self.record)
         return self.record
