@@ -65,3 +65,17 @@ def test_the_optimizer_trains_each_stage_with_its_own_learning_rate():
     assert ids[0] == {id(p) for p in model.net.parameters()}
     assert ids[1] == {id(p) for p in model.space.autoencoder.parameters()}
     assert model.stage_record()["autoencoder"]["params"] == sum(p.numel() for p in model.space.autoencoder.parameters())
+
+
+def test_every_solver_samples_in_the_latent_and_decodes_to_images():
+    from genbench.diffusion import SAMPLERS
+
+    torch.manual_seed(0)
+    model = _tiny_model([], model="latent_diffusion")
+    images, _ = _images()
+    model.space.prepare(images)
+    for name in SAMPLERS:
+        settings = model.sampler_settings({"sampler": name, "steps": 3})
+        out = model.sample(4, generator=torch.Generator().manual_seed(0), **settings)
+        assert out.shape == (4, *model.image_shape) and torch.isfinite(out).all() and out.abs().max() <= 1, name
+        assert model.sampler_nfe(**settings) == model.last_sampler_nfe > 0, name
