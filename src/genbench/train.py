@@ -86,16 +86,18 @@ def world_size(hw: DictConfig) -> int:
 
 
 def ddp_strategy(strategy: str, model) -> str:
-    """``hardware.strategy``, with DDP told to expect parameters without gradients when the model optimizes by hand.
+    """``hardware.strategy``, with DDP told to expect parameters without gradients when the model says it leaves
+    some out of a backward pass (``leaves_parameters_unused``).
 
     A model with manual optimization (the GAN: a discriminator update, then a generator update through the
-    discriminator) leaves some parameters out of each backward pass, which DDP refuses unless it searches for them;
-    Lightning registers that variant of each DDP strategy as ``<name>_find_unused_parameters_true``.
+    discriminator), or one trained in stages (latent diffusion: the autoencoder, then the denoiser), leaves some
+    parameters out of each backward pass, which DDP refuses unless it searches for them; Lightning registers that
+    variant of each DDP strategy as ``<name>_find_unused_parameters_true``.
     """
     from pytorch_lightning.strategies import StrategyRegistry
 
     variant = f"{strategy}_find_unused_parameters_true"
-    if not model.automatic_optimization and variant in StrategyRegistry.available_strategies():
+    if model.leaves_parameters_unused() and variant in StrategyRegistry.available_strategies():
         return variant
     return strategy
 

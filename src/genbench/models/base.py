@@ -243,6 +243,10 @@ class GenerativeModule(pl.LightningModule):
         """``n`` images in [-1, 1], shape (n, C, H, W), from the EMA weights."""
         raise NotImplementedError
 
+    def leaves_parameters_unused(self) -> bool:
+        """Whether a backward pass may leave some parameters without gradients (DDP must then look for them)."""
+        return not self.automatic_optimization
+
     def stage_record(self) -> dict | None:
         """run.json's ``stages``: what a family trains before its model (a latent space's autoencoder), or None."""
         return None

@@ -105,6 +105,10 @@ class DiffusionModule(GenerativeModule):
             groups.append({"params": self.space.trainable_parameters(), "lr": self.space.lr})
         return self.make_optimizer(self.optimizer_factory, groups if len(groups) > 1 else groups[0]["params"])
 
+    def leaves_parameters_unused(self) -> bool:
+        """A space with a stage of its own: the autoencoder's backward passes leave the denoiser out, and back."""
+        return bool(self.space.trainable_parameters())
+
     def stage_record(self) -> dict | None:
         """run.json's record of the space's own stage, if it has one."""
         return self.space.stage_record(self.images_seen)
