@@ -225,8 +225,10 @@ def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
     rows = []
     for name in mode["samplers"]:
         steps = mode["sample_steps"]
-        settings = model.sampler_settings({"sampler": name, "steps": steps, "precision": sampling,
-                                           **({"eta": 0.0} if name == "ddim" else {})})  # fmt: skip
+        from genbench.models.sampling import sampler_settings
+
+        settings = sampler_settings(model, {"sampler": name, "steps": steps, "precision": sampling,
+                                            **({"eta": 0.0} if name == "ddim" else {})})  # fmt: skip
         scheduler = peers.diffusers_sampler(name, steps, model.path)
 
         def ours(key: str, count: int, timings: dict | None = None) -> float:

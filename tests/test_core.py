@@ -180,3 +180,21 @@ def test_each_diffusion_path_learns_and_samples(path):
         out = model.sample(4, generator=torch.Generator().manual_seed(0), **settings)
         assert out.shape == (4, 1, 8, 8) and torch.isfinite(out).all(), name
         assert model.sampler_nfe(**settings) == model.last_sampler_nfe > 0, name
+
+
+def test_sampler_settings_are_one_checked_read_only_object():
+    import json
+
+    from genbench.errors import GenbenchError
+    from genbench.models.sampling import SamplerSettings, sampler_settings
+
+    model = _tiny_model([])
+    settings = sampler_settings(model, {"name": "ddim", "steps": 5})  # a config node's names
+    assert isinstance(settings, SamplerSettings) and settings["sampler"] == "ddim" and settings["steps"] == 5
+    assert settings["guidance_scale"] == 1.0 and "rtol" not in settings  # completed; dopri5's keys only for dopri5
+    with pytest.raises(TypeError):
+        settings["steps"] = 6
+    assert json.loads(json.dumps(settings)) == dict(settings)
+    assert sampler_settings(model, {"name": "dopri5", "steps": 1, "rtol": 1e-4, "atol": 1e-4})["rtol"] == 1e-4
+    with pytest.raises(GenbenchError):
+        sampler_settings(model, {"name": "euler", "steps": 5, "rtol": 1e-4})  # a setting euler does not take

@@ -22,7 +22,7 @@ from genbench.cli import hydra_entry
 from genbench.data.order import rank_share
 from genbench.errors import GenbenchError, user_error_message
 from genbench.metrics.config import check_counts, check_metrics
-from genbench.metrics.evaluator import as_sampler_kwargs
+from genbench.models.sampling import as_sampler_kwargs, sampler_settings
 from genbench.metrics.store import write_score
 from genbench.models import Diverged, build_model, file_sha256
 from genbench.training.budget import Budget, BudgetCallback
@@ -199,7 +199,7 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
     model = build_model(cfg.model, datamodule.image_shape, datamodule.num_classes, datamodule.class_names)
     model.configure_speed(**speed_switches(cfg.hardware))  # hardware.compile, channels_last, fused_optimizer
     sampler = as_sampler_kwargs(cfg.sampler)  # every key (heun's sigma_max too): the model keeps what applies
-    model.sampler_settings(sampler)  # a sampler the model cannot use is refused before the folder is written
+    sampler_settings(model, sampler)  # a sampler the model cannot use is refused before the folder is written
     model.log_every_n_steps = cfg.trainer.log_every_n_steps
     model.run_meta = {
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -22,9 +22,9 @@ import torch
 
 from genbench.errors import GenbenchError
 from genbench.metrics.cache import FeatureCache
+from genbench.models.sampling import as_sampler_kwargs
 from genbench.metrics.evaluator import (
     MetricsConfig,
-    as_sampler_kwargs,
     images_from_datamodule,
     model_sampler,
     reference_features,

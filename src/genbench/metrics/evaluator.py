@@ -330,19 +330,11 @@ def evaluate_images(
     return score_images(plan, fake, progress)
 
 
-def as_sampler_kwargs(sampler: DictConfig | dict | None) -> dict:
-    """``cfg.sampler`` (name, steps, eta, guidance_scale) as ``model.sample`` keyword arguments."""
-    if sampler is None:
-        return {}
-    kwargs = OmegaConf.to_container(sampler, resolve=True) if isinstance(sampler, DictConfig) else dict(sampler)
-    if "name" in kwargs:
-        kwargs["sampler"] = kwargs.pop("name")
-    return kwargs
-
-
 def model_sampler(model, sampler: DictConfig | dict | None) -> dict | None:
-    """The settings ``model`` samples with, from ``cfg.sampler``: asked of the model (None: it takes no sampler)."""
-    return model.sampler_settings(as_sampler_kwargs(sampler))
+    """The settings ``model`` samples with (:func:`genbench.models.sampling.sampler_settings`)."""
+    from genbench.models.sampling import sampler_settings
+
+    return sampler_settings(model, sampler)
 
 
 def balanced_labels(model, n: int) -> torch.Tensor | None:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from genbench.errors import GenbenchError  # noqa: E402
 from genbench.files import atomic_open  # noqa: E402
 from genbench.imageio import make_grid, provenance_chunks, to_uint8  # noqa: E402
+from genbench.models.sampling import sampler_settings  # noqa: E402
 from genbench.report.collect import Run  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def first_seed_runs(runs: list[Run]) -> dict[str, Run]:
 
 def sampler_kwargs(run_cfg: DictConfig) -> dict:
     """The run's sampler as ``sample``'s keywords, every key kept (the model completes and checks them)."""
-    from genbench.metrics.evaluator import as_sampler_kwargs
+    from genbench.models.sampling import as_sampler_kwargs
 
     return {"guidance_scale": 1.0} | as_sampler_kwargs(run_cfg.get("sampler"))
 
@@ -124,7 +125,7 @@ def draw(model, n: int, seed: int, sampler: dict, labels=None) -> torch.Tensor:
 
     if labels is None and model.num_classes:
         labels = torch.arange(n) % model.num_classes
-    settings = model.sampler_settings(sampler) or {}
+    settings = sampler_settings(model, sampler) or {}
     return to_uint8(model.sample(n, labels=labels, generator=IndexedNoise.range(int(seed), 0, n, model.device), **settings))
 
 
@@ -157,7 +158,7 @@ def sample_grids(runs: list[Run], out: Path, fig_dir: Path, rows: int, seed: int
     for family, run in chosen.items():
         model, run_cfg = load(run, device)
         cols = model.num_classes or 10
-        settings = model.sampler_settings(sampler_kwargs(run_cfg))  # None: the model takes no sampler
+        settings = sampler_settings(model, sampler_kwargs(run_cfg))  # None: the model takes no sampler
         images = draw(model, rows * cols, seed, settings or {})
         extra = {"sampler": settings["sampler"], "sampler_steps": settings["steps"]} if settings else {}
         fig, ax = plt.subplots(figsize=(cols * 0.6, rows * 0.6 + 0.4))
@@ -248,7 +249,7 @@ def _takes_steps(model, settings: dict) -> bool:
     if settings["steps"] <= 0:
         return False
     try:
-        model.sampler_settings(settings)
+        sampler_settings(model, settings)
     except GenbenchError:
         return False
     return True

@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks.progress.rich_progress import BatchesProcessedC
 from rich.text import Text
 
 from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
+from genbench.models.sampling import sampler_settings
 from genbench.noise import IndexedNoise
 from genbench.schema.types import PositiveInt
 from genbench.training.budget import BudgetCallback
@@ -78,7 +79,7 @@ class SampleGridCallback(pl.Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         # The model says which sampler settings apply (none for one-pass families); asked before any training.
-        self.settings = pl_module.sampler_settings(self.sampler)
+        self.settings = sampler_settings(pl_module, self.sampler)
 
     def save(self, pl_module) -> Path:
         labels, n = None, self.n
@@ -86,7 +87,7 @@ class SampleGridCallback(pl.Callback):
             n = -(-self.n // pl_module.num_classes) * pl_module.num_classes
             labels = torch.arange(n) % pl_module.num_classes
         if self.settings is None and self.sampler:
-            self.settings = pl_module.sampler_settings(self.sampler)
+            self.settings = sampler_settings(pl_module, self.sampler)
         was_training = pl_module.training
         pl_module.eval()
         noise = IndexedNoise.range(self.seed, 0, n, pl_module.device)
