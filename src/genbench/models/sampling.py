@@ -27,8 +27,7 @@ class SamplerSettings(dict):
     def __reduce__(self):  # pickles and deep-copies as itself, not item by item through __setitem__
         return type(self), (dict(self),)
 
-    def __repr__(self) -> str:
-        return f"SamplerSettings({dict.__repr__(self)})"
+    __repr__ = dict.__repr__  # logs and messages show the settings, as they did when they were a plain dict
 
 
 def as_sampler_kwargs(sampler: DictConfig | dict | None) -> dict:
