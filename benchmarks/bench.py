@@ -225,7 +225,7 @@ def compare_sampling(cfg, datamodule, mode: dict, peaks: dict) -> list[dict]:
     rows = []
     for name in mode["samplers"]:
         steps = mode["sample_steps"]
-        from genbench.models.sampling import sampler_settings
+        from genbench.sampling import sampler_settings
 
         settings = sampler_settings(model, {"sampler": name, "steps": steps, "precision": sampling,
                                             **({"eta": 0.0} if name == "ddim" else {})})  # fmt: skip

@@ -186,7 +186,7 @@ def test_sampler_settings_are_one_checked_read_only_object():
     import json
 
     from genbench.errors import GenbenchError
-    from genbench.models.sampling import SamplerSettings, sampler_settings
+    from genbench.sampling import SamplerSettings, sampler_settings
 
     model = _tiny_model([])
     settings = sampler_settings(model, {"name": "ddim", "steps": 5})  # a config node's names

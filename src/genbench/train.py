@@ -22,7 +22,7 @@ from genbench.cli import hydra_entry
 from genbench.data.order import rank_share
 from genbench.errors import GenbenchError, user_error_message
 from genbench.metrics.config import check_counts, check_metrics
-from genbench.models.sampling import as_sampler_kwargs, sampler_settings
+from genbench.sampling import as_sampler_kwargs, sampler_settings
 from genbench.metrics.store import write_score
 from genbench.models import Diverged, build_model, file_sha256
 from genbench.training.budget import Budget, BudgetCallback

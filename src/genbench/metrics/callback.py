@@ -22,7 +22,7 @@ import torch
 
 from genbench.errors import GenbenchError
 from genbench.metrics.cache import FeatureCache
-from genbench.models.sampling import as_sampler_kwargs
+from genbench.sampling import as_sampler_kwargs
 from genbench.metrics.evaluator import (
     MetricsConfig,
     images_from_datamodule,

@@ -331,8 +331,8 @@ def evaluate_images(
 
 
 def model_sampler(model, sampler: DictConfig | dict | None) -> dict | None:
-    """The settings ``model`` samples with (:func:`genbench.models.sampling.sampler_settings`)."""
-    from genbench.models.sampling import sampler_settings
+    """The settings ``model`` samples with (:func:`genbench.sampling.sampler_settings`)."""
+    from genbench.sampling import sampler_settings
 
     return sampler_settings(model, sampler)
 

@@ -46,7 +46,7 @@ class GenerativeModule(pl.LightningModule):
     # What the family can do, declared here and overridden by each family's class; evaluation, sampling, the
     # report's figures, the bench and the tests read these rather than the family's name.
     #: ``sample`` runs a sampler: ``sampler_settings`` returns its settings (defaults filled in, checked; callers
-    #: get them as one read-only object from :func:`genbench.models.sampling.sampler_settings`),
+    #: get them as one read-only object from :func:`genbench.sampling.sampler_settings`),
     #: ``sampler_nfe(**settings)`` its network evaluations per image, ``compiled_sampling()`` and
     #: ``warm_up_sampling(n, labels, **settings)`` its torch.compile path. False: one pass, none of these.
     takes_sampler: ClassVar[bool] = False

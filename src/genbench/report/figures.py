@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from genbench.errors import GenbenchError  # noqa: E402
 from genbench.files import atomic_open  # noqa: E402
 from genbench.imageio import make_grid, provenance_chunks, to_uint8  # noqa: E402
-from genbench.models.sampling import sampler_settings  # noqa: E402
+from genbench.sampling import sampler_settings  # noqa: E402
 from genbench.report.collect import Run  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def first_seed_runs(runs: list[Run]) -> dict[str, Run]:
 
 def sampler_kwargs(run_cfg: DictConfig) -> dict:
     """The run's sampler as ``sample``'s keywords, every key kept (the model completes and checks them)."""
-    from genbench.models.sampling import as_sampler_kwargs
+    from genbench.sampling import as_sampler_kwargs
 
     return {"guidance_scale": 1.0} | as_sampler_kwargs(run_cfg.get("sampler"))
 

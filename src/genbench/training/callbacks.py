@@ -12,7 +12,7 @@ from pytorch_lightning.callbacks.progress.rich_progress import BatchesProcessedC
 from rich.text import Text
 
 from genbench.imageio import make_grid, provenance_chunks, save_png, to_uint8
-from genbench.models.sampling import sampler_settings
+from genbench.sampling import sampler_settings
 from genbench.noise import IndexedNoise
 from genbench.schema.types import PositiveInt
 from genbench.training.budget import BudgetCallback

@@ -20,7 +20,7 @@ class SamplerSettings(dict):
     has checked it, only made anew with :func:`sampler_settings`."""
 
     def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError("SamplerSettings are read-only: make new ones with genbench.models.sampling.sampler_settings")
+        raise TypeError("SamplerSettings are read-only: make new ones with genbench.sampling.sampler_settings")
 
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only  # type: ignore[assignment]
 
