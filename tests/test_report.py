@@ -100,6 +100,8 @@ def test_two_family_two_seed_sweep_reports_mean_std_with_n2(sweeps):
     assert not [p for p in out.rglob(".*tmp*")], "temporary files left behind"
     stamp = json.loads((out / "report.json").read_text())
     assert stamp["run_git_commits"] and stamp["hardware"] and len(stamp["groups"]) == 2
+    # no folder of the machine that made it (issue 21): the sweep by its name, as it lies outside the working dir
+    assert stamp["sweep"] == "smoke" and str(sweeps["root"]) not in (out / "report.json").read_text()
 
 
 @requires_fmnist

@@ -90,10 +90,20 @@ def _resolved(node):
     return None if node is None else OmegaConf.create(OmegaConf.to_container(node, resolve=True))
 
 
+def portable_path(path: str | Path) -> str:
+    """``path`` without the machine it was made on: relative to the working directory when inside it (as
+    ``runs/fashion_mnist_default``), else only its name. Committed results must not carry one machine's folders."""
+    resolved = Path(path).expanduser().resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return resolved.name
+
+
 def stamp(cfg: DictConfig, runs: list[Run], summary: Summary, written: list[Path], notes: list[str]) -> dict:
     """report.json: where the numbers came from (sweep, commits, hardware) next to the numbers themselves."""
     return {
-        "sweep": str(Path(cfg.sweep).resolve()),
+        "sweep": portable_path(cfg.sweep),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "report_git_commit": git_commit(),
         "run_git_commits": sorted({str(r.record.get("git_commit")) for r in runs}),
