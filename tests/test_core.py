@@ -21,12 +21,6 @@ from genbench.noise import IndexedNoise
 REFERENCE = Path(__file__).parent / "data" / "core_reference.pt"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +147,9 @@ def _tiny_model(path_override: list[str], model: str = "diffusion"):
     return build_model(cfg.model, (1, 8, 8), 3, ["a", "b", "c"])
 
 
-@pytest.mark.parametrize("path", ["vp", "edm"])
-def test_each_diffusion_path_learns_and_samples(path):
-    """A few dozen steps on a fixed batch lower the path's own loss, and every solver samples from the result."""
-    torch.manual_seed(0)
-    model = _tiny_model([f"model/path={path}"])
+def assert_learns_and_samples(model) -> None:
+    """A few dozen steps on a fixed batch lower the path's own loss, and every solver samples from the result with
+    the NFE it reports (shared by the diffusion, flow and latent tests)."""
     labels = torch.arange(16) % 3
     patterns = torch.stack([torch.linspace(-1, 1, 64).view(1, 8, 8) * sign for sign in (1.0, -1.0, 0.5)])
     images = patterns[labels]  # one image per class: a data set the net can learn in a few dozen steps
@@ -180,6 +172,12 @@ def test_each_diffusion_path_learns_and_samples(path):
         out = model.sample(4, generator=torch.Generator().manual_seed(0), **settings)
         assert out.shape == (4, 1, 8, 8) and torch.isfinite(out).all(), name
         assert model.sampler_nfe(**settings) == model.last_sampler_nfe > 0, name
+
+
+@pytest.mark.parametrize("path", ["vp", "edm"])
+def test_each_diffusion_path_learns_and_samples(path):
+    torch.manual_seed(0)
+    assert_learns_and_samples(_tiny_model([f"model/path={path}"]))
 
 
 def test_sampler_settings_are_one_checked_read_only_object():

@@ -7,16 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from genbench.diffusion import SAMPLERS, build_sampler
+from genbench.diffusion import build_sampler
 from genbench.diffusion.flow import TIME_SCALE, FlowPath, ot_pairing
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_rectified_flow_pairs_equal_torchcfm_conditional_flow_matcher():
@@ -121,30 +115,9 @@ def test_logit_normal_times_concentrate_in_the_middle():
 
 @pytest.mark.parametrize("coupling", ["independent", "ot"])
 def test_flow_model_learns_and_samples_with_every_solver(coupling):
-    from test_core import _tiny_model
+    from test_core import _tiny_model, assert_learns_and_samples
 
     torch.manual_seed(0)
     model = _tiny_model([f"model.path.coupling={coupling}"], model="flow")
     assert model.family == "flow"
-    labels = torch.arange(16) % 3
-    patterns = torch.stack([torch.linspace(-1, 1, 64).view(1, 8, 8) * sign for sign in (1.0, -1.0, 0.5)])
-    images = patterns[labels]
-    optimizer = torch.optim.Adam(model.net.parameters(), lr=3e-3)
-
-    def loss_now() -> float:
-        torch.manual_seed(1)
-        with torch.no_grad():
-            return float(sum(model.path.loss(model.net, images, labels) for _ in range(8)) / 8)
-
-    before = loss_now()
-    for _ in range(60):
-        optimizer.zero_grad()
-        model.path.loss(model.net, images, labels).backward()
-        optimizer.step()
-    assert loss_now() < 0.8 * before
-    model.ema.module.load_state_dict(model.net.state_dict())
-    for name in SAMPLERS:
-        settings = model.sampler_settings({"sampler": name, "steps": 4})
-        out = model.sample(4, generator=torch.Generator().manual_seed(0), **settings)
-        assert out.shape == (4, 1, 8, 8) and torch.isfinite(out).all(), name
-        assert model.sampler_nfe(**settings) == model.last_sampler_nfe > 0, name
+    assert_learns_and_samples(model)

@@ -36,6 +36,7 @@ class LatentSpace(Space):
         self.autoencoder_factory = autoencoder
         self.train_images, self.kl_weight, self.lr = train_images, kl_weight, lr
         self.register_buffer("scale", torch.zeros(()))  # 0 until stage 1 ends; persistent: in every checkpoint
+        self._ready = False  # the scale is set: asked every training step, so read from the device only until it is
 
     def build(self, image_shape: tuple[int, ...]) -> None:
         channels, size, _ = image_shape
@@ -61,7 +62,9 @@ class LatentSpace(Space):
         return loss, {"ae_loss": loss, "ae_reconstruction": reconstruction.mean(), "ae_kl": kl.mean()}
 
     def ready(self) -> bool:
-        return bool(self.scale > 0)
+        if not self._ready:  # a host sync, but only until the scale is set (or loaded from a checkpoint)
+            self._ready = bool(self.scale > 0)
+        return self._ready
 
     def prepare(self, images: Tensor) -> None:
         self.set_scale(images)

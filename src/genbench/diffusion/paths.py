@@ -61,14 +61,6 @@ class Grid:
     def steps(self) -> int:
         return len(self.points) - 1
 
-    def scale(self, i: int) -> float:
-        """s with y = x / s in the solver's frame."""
-        return self.points[i].alpha if self.frame == "ve" else 1.0
-
-
-def frame_tau(frame: str, alpha: float, sigma: float) -> float:
-    return sigma / alpha if frame == "ve" else sigma
-
 
 class Path(nn.Module):
     """The interface every path implements; see the module's docstring."""

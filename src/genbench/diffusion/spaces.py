@@ -55,5 +55,4 @@ class Space(nn.Module):
         return None
 
 
-PixelSpace = Space
 PIXELS = Space()
