@@ -35,6 +35,15 @@ BAD = {
     "unknown_sampler": (["sampler.name=bogus", "out={root}/bad"], ["bogus"]),
     "gan_guidance": (["out={root}/bad", "sampler.guidance_scale=3"], ["guidance_scale=3", "gan"]),
     "gan_sampler": (["out={root}/bad", "sampler=ddpm"], ["takes no sampler", "sampler=ddpm"]),
+    # image prompts
+    "strength_above_one": (["out={root}/bad", "image={root}/prompts", "strength=1.5"], ["strength=1.5"]),
+    "strength_below_zero": (["out={root}/bad", "image={root}/prompts", "strength=-0.2"], ["strength=-0.2"]),
+    "strength_without_image": (["out={root}/bad", "strength=0.3"], ["strength=0.3", "image="]),
+    "gan_no_inversion_steps": (["out={root}/bad", "image={root}/prompts", "inversion.steps=0"], ["inversion.steps=0"]),
+    "image_missing": (["out={root}/bad", "image={root}/nowhere"], ["nowhere", "does not exist"]),
+    "image_folder_empty": (["out={root}/bad", "image={root}/no_images"], ["no_images", "holds no images"]),
+    "image_unreadable": (["out={root}/bad", "image={root}/prompts_bad/broken.png"], ["broken.png", "not a readable image"]),
+    "image_zero_bytes": (["out={root}/bad", "image={root}/prompts_bad/zero.png"], ["zero.png", "empty"]),
 }
 
 
@@ -46,6 +55,7 @@ def runs(tmp_path_factory, fmnist):
     ckpt = root / "run" / "checkpoints" / "last.ckpt"
     gan = root / "gan" / "checkpoints" / "last.ckpt"
     (root / "a_file.txt").write_text("not a folder\n")
+    write_prompt_images(root)
     plain = [f"ckpt={ckpt}", f"n={N}", "sampler=ddim", "sampler.steps=5"]
     jobs = {
         "plain": ("sample", [*plain, f"out={root / 'plain'}"]),
@@ -57,12 +67,29 @@ def runs(tmp_path_factory, fmnist):
                                "seed=3"]),  # fmt: skip
         "gan": ("sample", [f"ckpt={gan}", f"n={N}", f"out={root / 'gan_out'}"]),
         "foo": ("sample", [f"ckpt={ckpt}", "n=4", f"out={root / 'foo'}", "prompt=Foo"]),
+        "prompt_gan": ("sample", [f"ckpt={gan}", f"image={root / 'prompts'}", "strength=0.5", "inversion.steps=3",
+                                  "prompt=Sneaker", f"out={root / 'prompt_gan'}"]),  # fmt: skip
+        "prompt_rgb": ("sample", [f"ckpt={ckpt}", f"image={root / 'photo.jpg'}", "n=2", "strength=0.5",
+                                  "sampler=ddim", "sampler.steps=4", f"out={root / 'prompt_rgb'}"]),  # fmt: skip
         "score_own_output": ("evaluate", [f"samples={root / 'plain'}", f"metrics.n_samples={N}", "metrics.n_reference=100",
                                           "metrics.extractor=fmnist_classifier", "metrics.memorization=false"]),
         **{name: ("sample", [f"ckpt={gan if name.startswith('gan') else ckpt}", "n=4",
                              *[a.format(root=root) for a in args]]) for name, (args, _) in BAD.items()},
     }  # fmt: skip
     return root, ckpt, run_cli_batch(jobs, root / "logs")
+
+
+def write_prompt_images(root: Path) -> None:
+    """Three 28-px grey prompts, a 40x30 colour JPEG, an empty folder, a broken and a zero-byte 'PNG'."""
+    (root / "prompts").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(root / "prompts" / f"p{i}.png")
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / "photo.jpg")
+    (root / "no_images").mkdir()
+    (root / "prompts_bad").mkdir()
+    (root / "prompts_bad" / "broken.png").write_text("not an image\n")
+    (root / "prompts_bad" / "zero.png").write_bytes(b"")
 
 
 def pngs(folder) -> list:
@@ -157,3 +184,35 @@ def test_bad_input_fails_before_sampling_and_leaves_nothing(runs, case):
     assert not (root / "bad").exists() and not (root / "bad_grid.png").exists()
     assert (root / "a_file.txt").read_text() == "not a folder\n"
     assert len(pngs(root / "plain")) == N  # the earlier output stays as it was
+
+
+def test_image_prompts_give_one_output_per_image_recording_its_hash_and_strength(runs):
+    root, _, results = runs
+    result = results["prompt_gan"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 3 and summary["strength"] == 0.5 and summary["inversion"]["steps"] == 3
+    assert 0 < summary["reconstruction_rmse"] < 1
+    sneaker = CLASS_NAMES.index("Sneaker")
+    for i, path in enumerate(pngs(root / "prompt_gan")):
+        text = read_png_text(path)
+        assert text["genbench:prompt_image"] == f"p{i}.png" and text["genbench:strength"] == "0.5", text
+        assert text["genbench:prompt_image_sha256"] == file_sha256(root / "prompts" / f"p{i}.png"), text
+        assert text["genbench:label"] == str(sneaker) and float(text["genbench:reconstruction_rmse"]) > 0
+
+
+def test_an_image_prompt_of_another_size_and_channels_is_converted_as_the_data_is(runs):
+    from genbench.prompts import read_prompt_images
+
+    root, ckpt, results = runs
+    assert results["prompt_rgb"].returncode == 0, results["prompt_rgb"].stderr[-3000:]
+    model, _ = load_checkpoint(ckpt)
+    prompt = read_prompt_images(root / "photo.jpg", model.image_shape)
+    assert prompt.pixels.shape == (1, 1, 28, 28) and prompt.converted == ("30x40 to 28x28", "RGB to grey")
+    expected = model.from_images(prompt.as_model_input().expand(2, -1, -1, -1), 0.5, generator=IndexedNoise.range(0, 0, 2),
+                                 sampler="ddim", steps=4).images  # fmt: skip
+    files = pngs(root / "prompt_rgb")
+    assert len(files) == 2  # n=2 variations of the one image, each with its own noise
+    for i, path in enumerate(files):
+        np.testing.assert_array_equal(pixels(path), to_uint8(expected)[i, 0].numpy(), err_msg=path.name)
+    assert not np.array_equal(pixels(files[0]), pixels(files[1]))

@@ -106,6 +106,13 @@ def _to_array(image: object, channels: int | None, where: str) -> np.ndarray:
     return array
 
 
+def shape_image(image: object, channels: int | None, size: int, resize: str, where: str) -> np.ndarray:
+    """One image as the data module stores it: (C, size, size) uint8, channels converted to ``channels`` (grey or
+    RGB; None keeps them), padded or resized to ``size`` by ``resize`` (``data.resize``). Image prompts
+    (:mod:`genbench.prompts`) read their images with it, so a prompt looks like the data the model learned."""
+    return _fit(_to_array(image, channels, where), size, resize)
+
+
 def _prepare(images, labels, class_names, spec: SourceSpec, where: str) -> datasets.Dataset:
     """Shape every image, refusing mixed sizes or channel counts, and build the Arrow dataset."""
     arrays = [_to_array(im, spec.channels, where) for im in images]

@@ -81,11 +81,12 @@ class LatentSpace(Space):
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         self.scale.fill_(1.0 / z.float().std().item())
 
-    def encode(self, images: Tensor) -> Tensor:
-        """A posterior sample of ``images``' latents, scaled: what the denoiser trains on (the autoencoder frozen)."""
+    def encode(self, images: Tensor, posterior_sample: bool = True) -> Tensor:
+        """A posterior sample of ``images``' latents, scaled: what the denoiser trains on (the autoencoder frozen);
+        the posterior mean with ``posterior_sample=False``."""
         with torch.no_grad():
             mu, logvar = self.autoencoder.encode(images)
-            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if posterior_sample else mu
         return z.float() * self.scale
 
     def decode(self, states: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ Where the network's input lives (pixels, or a frozen autoencoder's latent) is th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, ClassVar
 
 import torch
@@ -60,6 +60,10 @@ class Grid:
     @property
     def steps(self) -> int:
         return len(self.points) - 1
+
+    def last(self, steps: int) -> Grid:
+        """The grid's last ``steps`` steps: where an image prompt (SDEdit) starts partway down (0: the data point)."""
+        return replace(self, points=self.points[len(self.points) - steps - 1 :], taus=self.taus[len(self.taus) - steps - 1 :])
 
 
 class Path(nn.Module):

@@ -95,11 +95,27 @@ class Sampler:
         generator=None,
         progress: bool = False,
         space: Space = PIXELS,
+        image: Tensor | None = None,
+        strength: float = 1.0,
     ) -> Tensor:
         """Solve from ``noise`` (standard normal, the space's state shape) to the data and decode it: images in
         [-1, 1]. ``generator`` drives any fresh noise (a ``torch.Generator``, per-image
-        :class:`genbench.noise.IndexedNoise` streams, or None)."""
+        :class:`genbench.noise.IndexedNoise` streams, or None).
+
+        ``image``, ``strength``: an image prompt (SDEdit, Meng et al. 2022). ``image`` is the prompt's state (the
+        space's encoding of it); only the grid's last ``round(strength * steps)`` steps are solved, from the point
+        where the image is noised, x = alpha x_0 + sigma ``noise`` (eq. 2 of SDEdit for the VP path). Strength 1
+        starts where sampling does (the path's own start: the image plays no part), strength 0 returns the image's
+        state decoded."""
         grid = self.grid(path)
+        start = path.start(noise.float(), grid)
+        if image is not None and strength < 1:
+            grid = grid.last(round(strength * grid.steps))
+            first = grid.points[0]
+            start = first.alpha * image.float() + first.sigma * noise.float()
+            if grid.steps == 0:  # nothing to solve (an adaptive solver could not even start at sigma 0)
+                self.last_nfe = 0
+                return space.decode(start)
         calls = [0]
 
         def counted(x: Tensor, time: Tensor) -> Tensor:
@@ -107,16 +123,15 @@ class Sampler:
             return model_fn(x, time)
 
         total = grid.steps if not self.adaptive else None
-        with _sampling_bar(progress, total, f"{type(self).__name__}, {len(noise)} images") as advance:
-            x = self.solve(self.denoiser(counted, path, space), path.start(noise.float(), grid), grid, generator,
-                           advance, path)  # fmt: skip
+        with step_bar(progress, total, f"{type(self).__name__}, {len(noise)} images") as advance:
+            x = self.solve(self.denoiser(counted, path, space), start, grid, generator, advance, path)
         self.last_nfe = calls[0]
         return space.decode(x)
 
     def solve(self, denoise: Denoiser, x: Tensor, grid: Grid, generator, progress: Callable[[], None] | None,
               path: Path) -> Tensor:  # fmt: skip
         """One ``step`` per grid point but the last. ``progress``: called after each step, or None."""
-        for i in _maybe_progress(range(grid.steps), progress):
+        for i in maybe_progress(range(grid.steps), progress):
             x0, eps = denoise(x, grid.points[i])
             x = self.step(x, x0, eps, grid.points[i], grid.points[i + 1], generator)
         return x
@@ -184,7 +199,7 @@ class DDIMSampler(DDPMSampler):
 
 
 @contextmanager
-def _sampling_bar(enabled: bool, total: int | None, description: str) -> Iterator[Callable[[], None] | None]:
+def step_bar(enabled: bool, total: int | None, description: str) -> Iterator[Callable[[], None] | None]:
     """A rich bar of ``total`` steps on stderr (stdout may carry a command's result), or None when not ``enabled``;
     yields the function that advances it by one step.
 
@@ -210,8 +225,8 @@ def _sampling_bar(enabled: bool, total: int | None, description: str) -> Iterato
         bar.update(task, completed=total)
 
 
-def _maybe_progress(timesteps: Iterable[int], advance: Callable[[], None] | None) -> Iterable[int]:
-    """``timesteps``, calling ``advance`` (from :func:`_sampling_bar`) after each step is done."""
+def maybe_progress(timesteps: Iterable[int], advance: Callable[[], None] | None) -> Iterable[int]:
+    """``timesteps``, calling ``advance`` (from :func:`step_bar`) after each step is done."""
     if advance is None:
         yield from timesteps
         return

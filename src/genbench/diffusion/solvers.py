@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from genbench.diffusion.paths import Grid, Point
-from genbench.diffusion.samplers import Denoiser, Sampler, _maybe_progress
+from genbench.diffusion.samplers import Denoiser, Sampler, maybe_progress
 
 
 def _frame(grid: Grid, point: Point, tau: float) -> tuple[float, float, float]:
@@ -53,7 +53,7 @@ class EulerSampler(Sampler):
     """Karras et al. 2022 Algorithm 1 without its second-order correction: one network evaluation per step."""
 
     def solve(self, denoise, x, grid, generator, progress, path):
-        for i in _maybe_progress(range(grid.steps), progress):
+        for i in maybe_progress(range(grid.steps), progress):
             x0, eps = _here(grid, denoise, x, i)
             scale, a, b = _frame(grid, grid.points[i + 1], grid.taus[i + 1])
             # y + (tau_next - tau) v, written as a_next x0 + b_next eps so that it does not cancel two numbers of
@@ -71,7 +71,7 @@ class HeunSampler(Sampler):
         return 2 * self.steps - 1
 
     def solve(self, denoise, x, grid, generator, progress, path):
-        for i in _maybe_progress(range(grid.steps), progress):
+        for i in maybe_progress(range(grid.steps), progress):
             x0, eps = _here(grid, denoise, x, i)
             there = grid.points[i + 1]
             scale, a, b = _frame(grid, there, grid.taus[i + 1])
@@ -95,7 +95,7 @@ class MidpointSampler(Sampler):
         return 2 * self.steps
 
     def solve(self, denoise, x, grid, generator, progress, path):
-        for i in _maybe_progress(range(grid.steps), progress):
+        for i in maybe_progress(range(grid.steps), progress):
             x0, eps = _here(grid, denoise, x, i)
             tau, tau_next = grid.taus[i], grid.taus[i + 1]
             tau_m = (tau + tau_next) / 2
@@ -123,7 +123,7 @@ class DPMSolverPP2MSampler(Sampler):
 
     def solve(self, denoise, x, grid, generator, progress, path):
         x0_prev, h_prev = None, None
-        for i in _maybe_progress(range(grid.steps), progress):
+        for i in maybe_progress(range(grid.steps), progress):
             here, there = grid.points[i], grid.points[i + 1]
             x0, _ = denoise(x, here)
             if there.sigma <= 0:

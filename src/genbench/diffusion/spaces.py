@@ -40,7 +40,9 @@ class Space(nn.Module):
     def state_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(image_shape)
 
-    def encode(self, images: Tensor) -> Tensor:
+    def encode(self, images: Tensor, posterior_sample: bool = True) -> Tensor:
+        """Images in [-1, 1] to states. ``posterior_sample``: draw from an encoder's posterior (training), else
+        its mean (an image prompt's deterministic start)."""
         return images
 
     def decode(self, states: Tensor) -> Tensor:

@@ -61,6 +61,12 @@ class GenerativeModule(pl.LightningModule):
     interpolates: ClassVar[bool] = False
     #: ``encode(images, labels)``: images in [-1, 1] to the family's latent code (a model trained on codes builds on it).
     encodes_images: ClassVar[bool] = False
+    #: ``from_images(images, strength, labels, generator, progress, **settings)``: image prompts
+    #: (:mod:`genbench.prompts`); ``image_prompt_refusal()`` says why a checkpoint cannot take one, if it cannot.
+    image_prompts: ClassVar[bool] = False
+    #: With ``image_prompts``: ``from_images`` fits a latent to each image by optimisation and takes
+    #: ``inversion={"steps", "lr", "feature_weight"}``.
+    inverts_images: ClassVar[bool] = False
     # A family whose healthy losses stay within known bounds sets this (the GAN: model.loss_limit): a loss term
     # past it ends the run as diverged, like a non-finite one. None: only NaN and inf are divergence (a likelihood's
     # or a denoising loss's scale depends on the data, so such families have no bound).
@@ -242,6 +248,19 @@ class GenerativeModule(pl.LightningModule):
     @torch.no_grad()
     def sample(self, n: int, labels=None, generator: torch.Generator | None = None, **sampler_kwargs) -> torch.Tensor:
         """``n`` images in [-1, 1], shape (n, C, H, W), from the EMA weights."""
+        raise NotImplementedError
+
+    def image_prompt_refusal(self) -> str | None:
+        """Why this checkpoint cannot take an image prompt (one line), or None when it can."""
+        if not self.image_prompts:
+            return f"the {self.family} family cannot encode images, so it takes no image prompt"
+        return None
+
+    def from_images(self, images: torch.Tensor, strength: float, labels=None, generator=None, progress: bool = False,
+                    **settings):  # fmt: skip
+        """Image prompts: one image per prompt in ``images`` ((N, C, H, W) in [-1, 1]) at ``strength`` (0: stay with
+        the image, 1: free generation), toward the classes ``labels`` if given; a :class:`genbench.prompts.PromptResult`.
+        Image i draws its noise from ``generator`` as ``sample``'s image i does."""
         raise NotImplementedError
 
     def leaves_parameters_unused(self) -> bool:

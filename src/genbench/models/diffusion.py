@@ -60,6 +60,7 @@ class DiffusionModule(GenerativeModule):
     takes_sampler = True
     samplers = SAMPLERS
     step_sampler = {"sampler": "ddim", "eta": 0.0}  # DDIM with eta 0: deterministic, one image per noise draw
+    image_prompts = True  # SDEdit, in pixels or in the space's latent
 
     def __init__(
         self,
@@ -190,6 +191,44 @@ class DiffusionModule(GenerativeModule):
         images = chosen(model_fn, self.path, noise, generator=generator, progress=progress, space=self.space)
         self.last_sampler_nfe = chosen.last_nfe if chosen.adaptive else chosen.nfe
         return images
+
+    def image_prompt_refusal(self) -> str | None:
+        if not self.space.ready():
+            return (f"this {self.family} checkpoint stopped inside its space's own stage (its autoencoder, "
+                    f"{self.images_seen} images seen): it has no latent scale yet, so it cannot encode images")  # fmt: skip
+        return None
+
+    @torch.no_grad()
+    def from_images(self, images, strength, labels=None, generator=None, progress=False, sampler="ddim", steps=50,
+                    eta=None, guidance_scale=1.0, sigma_max=DEFAULT_SIGMA_MAX, precision=FP32, rtol=None, atol=None):  # fmt: skip
+        """SDEdit (Meng et al. 2022) with any of the samplers: the image's state (the space's posterior mean) noised to
+        ``strength`` of the way up the grid, then solved back (:meth:`Sampler.__call__`). With ``labels`` (a class
+        prompt) the solve is guided toward them at ``guidance_scale``; without, a class-conditional model runs its
+        unconditional branch (the null label it learned with ``label_dropout``), so the image alone leads.
+
+        The labels and the noise are drawn from ``generator`` as :meth:`sample` draws them, so strength 1 gives
+        exactly ``sample``'s images (``guidance_scale=0`` for a conditional model without a prompt)."""
+        from genbench.prompts import PromptResult, rmse
+
+        refusal = self.image_prompt_refusal()
+        if refusal:
+            raise GenbenchError(refusal)
+        n = images.shape[0]
+        chosen = self.make_sampler(sampler, steps, eta, sigma_max, rtol, atol)
+        drawn = self.resolve_labels(n, labels, generator)
+        if labels is None and self.num_classes is not None:
+            if not self.label_dropout:
+                raise GenbenchError(f"this {self.family} model was trained without label dropout, so it has no "
+                                    "unconditional branch to follow an image alone: give prompt=CLASS_NAME")  # fmt: skip
+            guidance_scale = 0.0
+        model_fn = self.sampling_fn(drawn, guidance_scale, precision)
+        noise = self.randn(n, *self.space.state_shape(self.image_shape), generator=generator)
+        images = images.to(self.device).float()
+        state = self.space.encode(images, posterior_sample=False)
+        made = chosen(model_fn, self.path, noise, generator=generator, progress=progress, space=self.space,
+                      image=state, strength=float(strength))  # fmt: skip
+        self.last_sampler_nfe = chosen.last_nfe
+        return PromptResult(made, rmse(self.space.decode(state), images), {"method": "sdedit", "nfe": chosen.last_nfe})
 
     def sampling_fn(self, labels: torch.Tensor | None, guidance_scale: float, precision: str) -> Callable:
         """``model_fn(x_t, t)`` as the samplers call it: the EMA network (compiled inside :meth:`compiled_sampling`),

@@ -38,6 +38,7 @@ def reconstruction_nll(decoded: torch.Tensor, images: torch.Tensor, likelihood: 
 class VAEModule(GenerativeModule):
     family = "vae"
     interpolates = True
+    image_prompts = True  # the posterior mean moved toward a prior sample
     encodes_images = True
 
     def __init__(
@@ -130,6 +131,44 @@ class VAEModule(GenerativeModule):
         z = (1 - weights) * mu[0] + weights * mu[1]
         path_labels = None if pair_labels is None else pair_labels[:1].expand(steps)
         return self._to_images(net.decode(z, path_labels))
+
+    @torch.no_grad()
+    def from_images(self, images, strength, labels=None, generator=None, progress=False, **sampler_kwargs):
+        """The EMA encoder's posterior mean mu of each image, moved toward a prior draw eps by the strength,
+        z = sqrt(1 - s) mu + sqrt(s) eps (:func:`genbench.prompts.toward_prior`), and decoded. A class-conditional
+        VAE encodes with the image's own class, the one whose code gives the best bound (-ELBO at z = mu), and
+        decodes with class weights moved from it toward the prompt's (``labels``) by the strength. Labels and eps
+        are drawn from ``generator`` as :meth:`sample` draws them."""
+        from genbench.prompts import PromptResult, class_weights, rmse, toward_prior
+
+        net, n = self.ema.module, images.shape[0]
+        images = images.to(self.device).float()
+        target = None if labels is None else self.resolve_labels(n, labels, generator)
+        if target is None:
+            self.resolve_labels(n, None, generator)  # drawn and unused: eps is then the one sample() draws
+        prior = self.randn(n, net.latent_dim, generator=generator)
+        source = None if self.num_classes is None else self.own_classes(images)
+        mu, _ = net.encode(images, source)
+        reconstruction = self._to_images(net.decode(mu, source))
+        decode_labels = None if source is None else class_weights(source, target, float(strength), self.num_classes)
+        made = self._to_images(net.decode(toward_prior(mu, prior, float(strength)), decode_labels))
+        record = {"method": "posterior_mean_to_prior"}
+        if source is not None:
+            record["image_classes"] = source.argmax(1).tolist()
+        return PromptResult(made, rmse(reconstruction, images), record)
+
+    def own_classes(self, images: torch.Tensor) -> torch.Tensor:
+        """One-hot weights of the class under which each image's bound is best: -ELBO with z at the posterior mean
+        (reconstruction NLL plus KL), the conditional VAE's own p(x | y) up to the bound's gap."""
+        net, n = self.ema.module, images.shape[0]
+        bounds = []
+        for c in range(self.num_classes):
+            label = torch.full((n,), c, dtype=torch.long, device=images.device)
+            mu, logvar = net.encode(images, label)
+            nll = reconstruction_nll(net.decode(mu, label).float(), images, self.likelihood, self.log_scale)
+            bounds.append(nll + kl_to_standard_normal(mu.float(), logvar.float()))
+        best = torch.stack(bounds, 1).argmin(1)
+        return F.one_hot(best, self.num_classes).float()
 
     def _to_images(self, decoded: torch.Tensor) -> torch.Tensor:
         """Decoder output to images in [-1, 1]: the Bernoulli mean, or the Gaussian mean."""

@@ -37,15 +37,34 @@ def dcgan_init(module: nn.Module) -> None:
 
 
 def check_labels(labels: Tensor | None, num_classes: int | None, n: int) -> None:
-    """Labels are required by a conditional network and refused by an unconditional one."""
+    """Labels are required by a conditional network and refused by an unconditional one. A label is a class id, or
+    (floating point, shape (n, num_classes)) weights over the classes: an image prompt's inversion optimises them,
+    and moves them from the image's class toward a prompt's (:mod:`genbench.prompts`)."""
     if num_classes is None:
         if labels is not None:
             raise ValueError("this network is unconditional (num_classes=None): pass labels=None")
         return
     if labels is None:
         raise ValueError(f"this network is class-conditional ({num_classes} classes): labels are required")
-    if labels.shape != (n,):
+    if labels.is_floating_point():
+        if labels.shape != (n, num_classes):
+            raise ValueError(f"class weights must have shape ({n}, {num_classes}), got {tuple(labels.shape)}")
+    elif labels.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+
+
+def embed(table: nn.Embedding, labels: Tensor) -> Tensor:
+    """``table``'s rows for class ids, or their weighted sum for class weights (see :func:`check_labels`)."""
+    if labels.is_floating_point():
+        return labels.to(table.weight.dtype) @ table.weight
+    return table(labels)
+
+
+def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """Class ids as one-hot rows; class weights as they are."""
+    if labels.is_floating_point():
+        return labels.to(dtype)
+    return torch.nn.functional.one_hot(labels, num_classes).to(dtype)
 
 
 class Generator(nn.Module):
@@ -86,7 +105,7 @@ class Generator(nn.Module):
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         check_labels(labels, self.num_classes, z.shape[0])
         if self.label_embed is not None:
-            z = torch.cat([z, self.label_embed(labels)], dim=1)
+            z = torch.cat([z, embed(self.label_embed, labels)], dim=1)
         channels, side = self._start
         h = self.project(z).view(-1, channels, side, side)
         return self.body(self.project_norm(h))
@@ -127,10 +146,14 @@ class Discriminator(nn.Module):
                 if isinstance(module, (nn.Conv2d, nn.Linear, nn.Embedding)):
                     _spectral_norm(module)
 
+    def image_features(self, x: Tensor) -> Tensor:
+        """h, the features the logit is read from (an image prompt's GAN inversion matches them)."""
+        return self.features(x)
+
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         check_labels(labels, self.num_classes, x.shape[0])
         h = self.features(x)
         logit = self.linear(h).squeeze(1)
         if self.label_embed is not None:
-            logit = logit + (self.label_embed(labels) * h).sum(dim=1)
+            logit = logit + (embed(self.label_embed, labels) * h).sum(dim=1)
         return logit

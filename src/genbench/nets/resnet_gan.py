@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from genbench.schema.types import Flag, PositiveInt
-from genbench.nets.dcgan import check_labels, layout
+from genbench.nets.dcgan import check_labels, embed, layout
 
 DISCRIMINATOR_DOWNSAMPLINGS = 2  # 32 px -> 8x8 features before pooling, as in SNGAN's CIFAR discriminator
 
@@ -37,7 +37,7 @@ class ConditionalBatchNorm(nn.Module):
     def forward(self, x: Tensor, labels: Tensor | None) -> Tensor:
         h = self.norm(x)
         if self.num_classes:
-            h = h * self.gain(labels)[:, :, None, None] + self.bias(labels)[:, :, None, None]
+            h = h * embed(self.gain, labels)[:, :, None, None] + embed(self.bias, labels)[:, :, None, None]
         return h
 
 
@@ -151,10 +151,14 @@ class ResNetDiscriminator(nn.Module):
                 if spectral_norm:
                     _spectral_norm(module)
 
+    def image_features(self, x: Tensor) -> Tensor:
+        """h, the pooled features the logit is read from (an image prompt's GAN inversion matches them)."""
+        return F.relu(self.blocks(x)).sum(dim=(2, 3))  # global sum pooling
+
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         check_labels(labels, self.num_classes, x.shape[0])
-        h = F.relu(self.blocks(x)).sum(dim=(2, 3))  # global sum pooling
+        h = self.image_features(x)
         logit = self.linear(h).squeeze(1)
         if self.label_embed is not None:
-            logit = logit + (self.label_embed(labels) * h).sum(dim=1)
+            logit = logit + (embed(self.label_embed, labels) * h).sum(dim=1)
         return logit

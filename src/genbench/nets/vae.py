@@ -7,11 +7,10 @@ so the likelihood (and its squashing) lives with the loss, not the network.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genbench.schema.types import PositiveInt
-from genbench.nets.dcgan import check_labels, layout
+from genbench.nets.dcgan import check_labels, layout, one_hot
 from genbench.nets.unet import group_norm
 
 
@@ -59,7 +58,7 @@ class ConvVAE(nn.Module):
         check_labels(labels, self.num_classes, h.shape[0])
         if self.num_classes is None:
             return h
-        return torch.cat([h, F.one_hot(labels, self.num_classes).to(h.dtype)], dim=1)
+        return torch.cat([h, one_hot(labels, self.num_classes, h.dtype)], dim=1)
 
     def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """q(z|x[, y]) as (mu, logvar), each [N, latent_dim]."""

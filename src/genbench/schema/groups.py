@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Strict, model_validator
 
 from genbench.schema.types import (
     Auto, Device, Flag, Float, NonNegativeFloat, NonNegativeInt, PathText, Percentile, PositiveFloat, PositiveInt,
-    RunName, Seed, Text,
+    Probability, RunName, Seed, Text,
 )  # fmt: skip
 
 SPLITS = Literal["train", "val", "test"]
@@ -142,15 +142,26 @@ class Run(Group):
     metrics: Metrics
 
 
+class Inversion(Group):
+    """``inversion.*``: a GAN's image prompts (:func:`genbench.prompts.invert`)."""
+
+    steps: PositiveInt = 200
+    lr: PositiveFloat = 0.05
+    feature_weight: NonNegativeFloat = 1.0
+
+
 class Sample(Group):
     """``python -m genbench.sample``."""
 
     ckpt: PathText
-    n: PositiveInt = 64
+    n: PositiveInt | None = None
     out: PathText
     seed: Seed = 0
     prompt: Text | None = None
     labels: NonNegativeInt | list[NonNegativeInt] | None = None
+    image: PathText | None = None
+    strength: Probability | None = None
+    inversion: Inversion = Inversion()
     device: Device = "auto"
     batch_size: Auto | PositiveInt = "auto"
     nrow: PositiveInt | None = None
