@@ -34,6 +34,7 @@ from genbench.metrics.extractors import build_extractor  # noqa: E402
 from genbench.metrics.fidelity import fid  # noqa: E402
 from genbench.models import load_checkpoint  # noqa: E402
 from genbench.noise import IndexedNoise  # noqa: E402
+from genbench.report import portable_path  # noqa: E402
 from genbench.report.figures import family_color  # noqa: E402
 
 DEGRADATIONS = ("strokes", "occluded", "noisy")
@@ -168,7 +169,7 @@ def main() -> None:
         print(family, checkpoints[family], flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    record = {"settings": {k: (portable_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "extractor": extractor.name, "extractor_sha256": extractor.weights_sha256, "runs": checkpoints,
               "rows": rows, "class_prompt": toward, "minutes": round((time.perf_counter() - began) / 60, 1)}  # fmt: skip
     (args.out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -223,7 +224,7 @@ def draw_examples(examples: dict, prompts: dict, shirts: torch.Tensor, strengths
     given = {**{kind: prompts[kind][:4] for kind in DEGRADATIONS}, "shirt to sneaker": shirts[:4]}
     kinds = list(given)
     families = list(dict.fromkeys(f for f, _ in examples))
-    fig, axes = plt.subplots(len(families), len(kinds), figsize=(3.3 * len(kinds), 1.0 * len(families) * 4 / 4 + 1.5))
+    fig, axes = plt.subplots(len(families), len(kinds), figsize=(2.6 * len(kinds), 2.2 * len(families)))
     axes = np.atleast_2d(axes)
     for i, family in enumerate(families):
         for j, kind in enumerate(kinds):

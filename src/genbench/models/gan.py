@@ -148,37 +148,47 @@ class GANModule(GenerativeModule):
 
     def from_images(self, images, strength, labels=None, generator=None, progress=False,
                     inversion: dict | None = None, **sampler_kwargs):  # fmt: skip
-        """GAN inversion, then a move toward the prior: z* (and, conditional, class weights y*) fitted to each image
-        by :func:`genbench.prompts.invert` against the EMA generator, with the discriminator's features for the
-        feature loss; then z = sqrt(1 - s) z* + sqrt(s) eps, and the class weights moved from y* toward the
-        prompt's class (``labels``) by the strength. ``inversion``: ``steps`` (200), ``lr`` (0.05),
-        ``feature_weight`` (1.0). Labels and eps are drawn from ``generator`` as :meth:`sample` draws them."""
-        from genbench.prompts import PromptResult, class_weights, invert, rmse, toward_prior
+        """GAN inversion (:meth:`invert_images`), then :meth:`from_inversion` at ``strength``."""
+        fit = self.invert_images(images, inversion, progress)
+        return self.from_inversion(fit, strength, labels, generator)
+
+    def invert_images(self, images, inversion: dict | None = None, progress: bool = False) -> dict:
+        """z* (and, conditional, class weights y*) fitted to each image by :func:`genbench.prompts.invert` against
+        the EMA generator, with the discriminator's features for the feature loss. ``inversion``: ``steps`` (200),
+        ``lr`` (0.05), ``feature_weight`` (1.0). The fit does not depend on the strength: a study of several
+        strengths inverts once."""
+        from genbench.prompts import invert, rmse
 
         settings = {"steps": 200, "lr": 0.05, "feature_weight": 1.0} | dict(inversion or {})
         if int(settings["steps"]) < 1:
             raise GenbenchError(f"inversion.steps={settings['steps']}; expected at least 1 optimiser step")
-        net, n = self.ema.module, images.shape[0]
+        net = self.ema.module
         images = images.to(self.device).float()
-        with torch.no_grad():
-            target = None if labels is None else self.resolve_labels(n, labels, generator)
-            if target is None:
-                self.resolve_labels(n, None, generator)  # drawn and unused: eps is then the one sample() draws
-            prior = self.randn(n, net.latent_dim, generator=generator)
         was_training = self.discriminator.training
         self.discriminator.eval()  # no spectral-norm power iteration: the weights' state stays as loaded
         try:
-            fit = invert(net, self.discriminator, images, net.latent_dim, self.num_classes,
-                         int(settings["steps"]), float(settings["lr"]), float(settings["feature_weight"]), progress)  # fmt: skip
+            fit = invert(net, self.discriminator, images, net.latent_dim, self.num_classes, int(settings["steps"]),
+                         float(settings["lr"]), float(settings["feature_weight"]), progress)  # fmt: skip
         finally:
             self.discriminator.train(was_training)
         with torch.no_grad():
-            reconstruction = net(fit["z"], fit["labels"]).clamp(-1, 1)
-            weights = None if fit["labels"] is None else class_weights(fit["labels"], target, float(strength),
-                                                                      self.num_classes)  # fmt: skip
-            made = net(toward_prior(fit["z"], prior, float(strength)), weights).clamp(-1, 1)
-        record = {"method": "inversion", "inversion": {k: settings[k] for k in ("steps", "lr", "feature_weight")},
-                  "inversion_loss": fit["loss"].tolist()}  # fmt: skip
+            fit["reconstruction_rmse"] = rmse(net(fit["z"], fit["labels"]).clamp(-1, 1), images)
+        return fit | {"settings": {k: settings[k] for k in ("steps", "lr", "feature_weight")}}
+
+    @torch.no_grad()
+    def from_inversion(self, fit: dict, strength: float, labels=None, generator=None):
+        """z = sqrt(1 - s) z* + sqrt(s) eps, and the class weights moved from y* toward the prompt's class
+        (``labels``) by the strength; labels and eps drawn from ``generator`` as :meth:`sample` draws them."""
+        from genbench.prompts import PromptResult, class_weights, toward_prior
+
+        net, n = self.ema.module, fit["z"].shape[0]
+        target = None if labels is None else self.resolve_labels(n, labels, generator)
+        if target is None:
+            self.resolve_labels(n, None, generator)  # drawn and unused: eps is then the one sample() draws
+        prior = self.randn(n, net.latent_dim, generator=generator)
+        weights = None if fit["labels"] is None else class_weights(fit["labels"], target, float(strength), self.num_classes)
+        made = net(toward_prior(fit["z"], prior, float(strength)), weights).clamp(-1, 1)
+        record = {"method": "inversion", "inversion": fit["settings"], "inversion_loss": fit["loss"].tolist()}
         if fit["labels"] is not None:
             record["image_classes"] = fit["labels"].argmax(1).tolist()
-        return PromptResult(made, rmse(reconstruction, images), record)
+        return PromptResult(made, fit["reconstruction_rmse"], record)
