@@ -22,6 +22,7 @@ from genbench.files import write_json, write_text
 from genbench.schema import check_config
 from genbench.report import figures as fig
 from genbench.report.collect import Run, find_runs, missing_jobs
+from genbench.report.records import copy_records
 from genbench.report.sampler_cost import sampler_cost_figure
 from genbench.report.tables import Summary, build_summary, excluded_lines, run_rows, table_rows, to_csv, to_latex, to_markdown
 from genbench.training.record import git_commit
@@ -138,6 +139,7 @@ def report(cfg: DictConfig) -> dict:
         write_text(out / "table.csv", to_csv(table_rows(summary))),
         write_text(out / "runs.csv", to_csv(run_rows(runs))),
     ]
+    written += copy_records(runs, out)  # the folder is its own record: genbench.reproduce retrains from it
     written += draw_figures(runs, cfg, out, device, notes)
     for note in notes[len(summary.notes) :]:
         log.info("note: %s", note)
