@@ -82,6 +82,34 @@ def test_torch_fidelity_fid_matches_torchmetrics(feats):
     assert ours == pytest.approx(expected, rel=1e-3)
 
 
+class _FeatureModule(torch.nn.Module):
+    """genbench's extractor as torchmetrics takes a custom one: uint8 images in, one feature row per image out."""
+
+    def __init__(self, extractor):
+        super().__init__()
+        self.extractor = extractor
+        self.num_features = 128  # the classifier's penultimate layer; torchmetrics would otherwise probe
+
+    def forward(self, images):
+        return self.extractor.features(images)[self.extractor.feature_layer]
+
+
+def test_fid_equals_torchmetrics_given_the_extractor_as_its_feature_module(data, extractor, tmp_path):
+    real, held = data["test"][:N], data["test"][N:]
+    noise = torch.randn(held.shape, generator=torch.Generator().manual_seed(1)) * 40
+    noised = (held.float() + noise).clamp(0, 255).to(torch.uint8)
+    cfg = {"extractor": FMNIST, "cache_dir": str(tmp_path), "kid_subsets": 2, "memorization": False}
+    for fake in (held, noised):
+        record = evaluate_images(fake, real, cfg)
+        metric = FrechetInceptionDistance(feature=_FeatureModule(extractor))
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+        assert record["fid"] == pytest.approx(float(metric.compute()), rel=1e-4)
+        for key in ("fid_inf", "is_inf", "density", "coverage"):  # every record carries the new fields
+            assert isinstance(record[key], float), key
+    assert record["fid"] > 10 * evaluate_images(held, real, cfg)["fid"]  # the noised images are far off
+
+
 def test_registered_extractor_runs_inside_torch_fidelity(data, feats):
     """torch_fidelity.calculate_metrics with feature_extractor='fmnist_classifier' agrees with our pipeline."""
 
@@ -135,7 +163,11 @@ def test_small_counts_adapt_kid_subset_and_is_splits(feats):
 def test_precision_recall_equal_torch_fidelity_with_and_without_cached_radii(feats):
     from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_featuresdict_to_metric
 
-    from genbench.metrics.fidelity import knn_radii, precision_recall
+    from genbench.metrics.fidelity import knn_radii, precision_recall_density_coverage
+
+    def precision_recall(fake, real, k, radii=None):
+        found = precision_recall_density_coverage(fake, real, k, radii)
+        return found["precision"], found["recall"]
 
     fake, real = feats["train"]["penultimate"][:700], feats["test"]["penultimate"]
     theirs = prc_featuresdict_to_metric({"f": fake}, {"f": real}, "f", prc_neighborhood=3, prc_batch_size=10000,

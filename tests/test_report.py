@@ -20,7 +20,7 @@ from genbench.errors import GenbenchError
 from genbench.imageio import read_png_text
 from genbench.report import report
 from genbench.report.collect import Run, assign_settings, find_runs, missing_jobs
-from genbench.report.tables import build_summary, table_rows, to_latex, to_markdown
+from genbench.report.tables import build_summary, run_rows, table_rows, to_latex, to_markdown
 
 SMOKE = ["experiment=smoke"]
 
@@ -204,6 +204,18 @@ def test_best_value_is_bold_and_settings_split_rows(tmp_path):
     assert "**" not in lines["| gancpu"]
     best_is = re.compile(r"\*\*3\.5\d ± 0\.01\*\*")  # the highest IS (3 + FID/100), tied on both vae rows
     assert best_is.search(lines["| vaecpu"]) and best_is.search(lines["| vaegpu_bf16"])
+
+
+def test_fid_inf_is_a_column_and_records_from_before_it_show_a_dash(tmp_path):
+    new = _metrics(20.0) | {"fid_inf": 18.25, "is_inf": 3.3, "density": 0.9, "coverage": 0.7}
+    runs = [_run(tmp_path, "gan", 0, metrics=new), _run(tmp_path, "vae", 0, metrics=_metrics(30.0))]
+    assign_settings(runs)
+    summary = build_summary(runs, [])
+    rows = {line.split(" | ")[0]: line for line in to_markdown(summary).splitlines() if line.startswith("| ")}
+    assert "| FID | FID∞ | KID |" in rows["| family"]
+    assert "| **20.0** | 18.2 | 0.0100 |" in rows["| gan"] and "| 30.0 | – | 0.0100 |" in rows["| vae"]
+    assert "FID$\\infty$" in to_latex(summary)
+    assert {r["family"]: r["density"] for r in run_rows(runs)} == {"gan": 0.9, "vae": None}
 
 
 @requires_fmnist

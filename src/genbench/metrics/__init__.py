@@ -1,8 +1,10 @@
-"""One evaluator for every family: FID, IS, KID, precision/recall and memorization on one feature extractor.
+"""One evaluator for every family: FID, IS, KID, precision/recall, FID∞/IS∞, density/coverage and memorization on one
+feature extractor.
 
-Metric formulas are torch-fidelity's; see :mod:`genbench.metrics.evaluator` for the record,
-:mod:`genbench.metrics.protocol` for what a protocol id names, :mod:`genbench.metrics.store` for where scores go
-and :mod:`genbench.metrics.memorization` for the memorization score's definition.
+Metric formulas are torch-fidelity's where it has them (:mod:`genbench.metrics.fidelity` says which are not); see
+:mod:`genbench.metrics.evaluator` for the record, :mod:`genbench.metrics.protocol` for what a protocol id names,
+:mod:`genbench.metrics.store` for where scores go and :mod:`genbench.metrics.memorization` for the memorization
+score's definition.
 """
 
 from genbench.metrics.config import MetricsConfig, check_metrics

@@ -4,8 +4,9 @@ An evaluation is planned first (:func:`plan_evaluation`, :func:`plan_model_evalu
 sampler settings asked of the model, the extractor built, the reference named, and so the protocol id known
 (:mod:`genbench.metrics.protocol`) before any image is sampled or scored, so commands can log it and check where
 they will write. :func:`score_images` and :func:`run_model_evaluation` then do the work. :func:`evaluate_images` and
-:func:`evaluate_model` do both. The result is the ``metrics.json`` record: the contract's fields first, then what
-explains them (protocol fields, adapted KID subset size and IS splits, memorization threshold, cache hits, timings).
+:func:`evaluate_model` do both. The result is the ``metrics.json`` record: the contract's fields first, then the scores added since
+(``fid_inf``, ``is_inf``, ``density``, ``coverage``: :mod:`genbench.metrics.fidelity`) and what explains them all
+(protocol fields, adapted KID subset size and IS splits, memorization threshold, cache hits, timings).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ QUANTITIES = (
     Quantity("train_seconds", "train time", "train_seconds"),
     Quantity("img_per_s", "img/s", "img_per_s"),
     Quantity("fid", "FID", "fid", "metrics", "lower"),
+    Quantity("fid_inf", "FID∞", "fid_inf", "metrics", "lower"),  # records from before FID∞ show –
     Quantity("kid", "KID", "kid_mean", "metrics", "lower"),
     Quantity("is", "IS", "is_mean", "metrics", "higher"),
     Quantity("precision", "precision", "precision", "metrics", "higher"),
@@ -44,8 +45,8 @@ QUANTITIES = (
     Quantity("memorization", "memorization", "memorization", "metrics", "lower"),
     Quantity("sample_seconds_per_1k", "sampling s/1k img", "sample_seconds_per_1k", "metrics"),
 )
-METRIC_KEYS = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "memorization",
-               "sample_seconds_per_1k")  # fmt: skip
+METRIC_KEYS = ("fid", "fid_inf", "kid_mean", "kid_std", "is_mean", "is_std", "is_inf", "precision", "recall", "density",
+               "coverage", "memorization", "sample_seconds_per_1k")  # fmt: skip
 
 
 @dataclass
@@ -183,7 +184,7 @@ def caption(table: Table) -> str:
     short = [c[:12] + ("-dirty" if c.endswith("-dirty") else "") for c in commits]
     parts.append(f"Commit{'s' if len(short) > 1 else ''}: {', '.join(short) or 'unknown'}.")
     if table.protocol is not None:
-        parts.append("Best in bold (lower FID, KID and memorization; higher IS, precision and recall).")
+        parts.append("Best in bold (lower FID, FID∞, KID and memorization; higher IS, precision and recall).")
     return " ".join(parts)
 
 
@@ -284,7 +285,8 @@ def to_markdown(summary: Summary) -> str:
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-                  "±": r"$\pm$", "–": "--", "³": r"$^3$", "×": r"$\times$", "∅": r"$\emptyset$"}  # fmt: skip
+                  "±": r"$\pm$", "∞": r"$\infty$", "–": "--", "³": r"$^3$", "×": r"$\times$",
+                  "∅": r"$\emptyset$"}  # fmt: skip
 
 
 def latex_escape(text: str) -> str:
