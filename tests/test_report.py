@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, assert_contract_error, cpu_precision, finish_cli, requires_fmnist, start_cli, train_run
+from conftest import CONF_DIR, assert_contract_error, cpu_precision, finish_cli, requires_fmnist, run_cli, start_cli, train_run
 
 from genbench.errors import GenbenchError
 from genbench.imageio import read_png_text
@@ -330,3 +330,53 @@ def test_every_family_has_a_colour_and_comes_from_conf_model(monkeypatch):
     monkeypatch.setattr(genbench.models, "families", lambda: [*fig.PALETTE, "new_a", "new_b"])
     spare = {fig.family_color("new_a"), fig.family_color("new_b"), fig.family_color("from_elsewhere")}
     assert len(spare) == 3 and not spare & set(fig.PALETTE.values())
+
+
+# ------------------------------------------------------------------------------------------- genbench.reproduce
+
+
+@requires_fmnist
+def test_reproduce_retrains_and_rescores_a_results_folder_to_the_same_weights_and_scores(sweeps, tmp_path):
+    """The report's folder alone is enough: each run retrained to its recorded step and rescored under its protocol
+    gives the same weights (run.json's weights_sha256) and the same score in every cell, on this machine."""
+    results = sweeps["out"] / "smoke"
+    assert sorted(p.name for p in (results / "runs").iterdir()) == sorted(r.parent.name for r in (sweeps["root"] / "smoke").glob("*/run.json"))
+    copied = next((results / "runs").iterdir())
+    assert "paths" not in (copied / "config.yaml").read_text() and "run_dir" not in json.loads((copied / "run.json").read_text())
+    result = run_cli("reproduce", str(results), "--only", "gan", "--out", str(tmp_path / "again"), timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = json.loads((tmp_path / "again" / "reproduce.json").read_text())["cells"]
+    assert {c["run"] for c in cells} == {p.name for p in (results / "runs").iterdir() if "gan" in p.name}
+    assert {"weights_sha256", "steps", "fid", "fid_inf", "precision", "density"} <= {c["field"] for c in cells}
+    assert all(c["same"] for c in cells), [c for c in cells if not c["same"]]
+    assert all(c["seed_spread"] is not None for c in cells if c["field"] == "fid")  # two seeds: their spread shown
+    assert "cells reproduced exactly" in result.stdout
+
+
+@requires_fmnist
+@pytest.mark.parametrize("case", ["no_records", "extractor_missing", "other_data"])
+def test_reproduce_refuses_what_it_cannot_rebuild_before_training(sweeps, tmp_path, case, capsys):
+    from genbench.reproduce import main
+
+    results = tmp_path / "smoke"
+    shutil.copytree(sweeps["out"] / "smoke", results)
+    score_file = next((results / "runs").glob("*gan*/metrics/*.json"))
+    score = json.loads(score_file.read_text())
+    if case == "no_records":
+        shutil.rmtree(results / "runs")
+        words = ["no run records", "genbench.report"]
+    elif case == "extractor_missing":
+        score["metrics_config"]["extractor_weights"] = str(tmp_path / "gone.pt")
+        words = ["gone.pt", "not a file"]
+    else:  # the reference data here is not the data the score was made against
+        score["protocol"] = score["protocol"][:-8] + "00000000"
+        score["protocol_fields"]["reference"] = "fashion_mnist-0000000000000000-test/test@28px"
+        words = ["cannot be rebuilt", "reference", "fashion_mnist-0000000000000000"]
+    if case != "no_records":
+        score_file.write_text(json.dumps(score))
+    with pytest.raises(SystemExit) as exit_info:  # in-process: the command's own main, without a new interpreter
+        main([str(results), "--out", str(tmp_path / "again")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("genbench: error:"), lines
+    assert all(word in lines[0] for word in words), lines[0]
+    assert not (tmp_path / "again").exists()  # refused before any run was trained

@@ -16,7 +16,7 @@ from genbench.sampling import sampler_settings
 from genbench.noise import IndexedNoise
 from genbench.schema.types import PositiveInt
 from genbench.training.budget import BudgetCallback
-from genbench.training.record import RUN_JSON, hardware_info, now, peak_memory_mb, read_json, speed_info, write_json
+from genbench.training.record import RUN_JSON, hardware_info, now, peak_memory_mb, read_json, speed_info, weights_sha256, write_json
 
 
 class RunRecordCallback(pl.Callback):
@@ -61,7 +61,8 @@ class RunRecordCallback(pl.Callback):
     def finish(self, trainer, pl_module, status: str, stop_reason: str | None, **fields) -> dict:
         if not self.session_started and self.path.exists():
             return read_json(self.path, what="run record")
-        return self.update(trainer, pl_module, status=status, stop_reason=stop_reason, finished=now(), **fields)
+        return self.update(trainer, pl_module, status=status, stop_reason=stop_reason, finished=now(),
+                           weights_sha256=weights_sha256(pl_module), **fields)  # fmt: skip
 
 
 class SampleGridCallback(pl.Callback):

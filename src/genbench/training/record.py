@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import datetime as dt
 import os
 import resource
@@ -73,3 +75,14 @@ def speed_info(trainer, pl_module) -> dict:
         "on_device": bool(config.get("data", {}).get("on_device", False)),
     }
 
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 of every tensor in ``module``'s state dict (the EMA copy and buffers too), names and bytes in order: the
+    same for the same weights on any machine, whatever the checkpoint file around them (which holds the optimizer,
+    timestamps and paths). run.json records it, so a reproduction can say "the same weights" without the checkpoint."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
