@@ -197,7 +197,7 @@ def train_flops(cfg: DictConfig, datamodule, model, budget: Budget):
     that cannot be counted trains without them (run.json's FLOP fields are null), unless the budget is in FLOPs."""
     try:
         return training_flops(cfg.model, datamodule.image_shape, datamodule.num_classes, datamodule.class_names)
-    except Exception as exc:  # noqa: BLE001 - a family whose step cannot run on the meta device: said, not fatal
+    except Exception as exc:  # noqa: BLE001 - a family whose step cannot be counted: said, not fatal
         if budget.max_flops is not None:
             raise GenbenchError(f"budget.max_flops needs the {model.family} model's training FLOPs, which could not "
                                 f"be counted ({type(exc).__name__}: {exc}); set another budget") from exc  # fmt: skip

@@ -282,7 +282,7 @@ class GenerativeModule(pl.LightningModule):
         """What a training step computes, for counting its FLOPs: one :class:`TrainPhase` per kind of step the
         model takes, each running that step's forward and backward passes on a batch without stepping an optimizer,
         updating the EMA, logging or counting images. genbench.training.flops runs each once per run, on a twin of
-        the model on the meta device. This default serves a family trained by ``training_step`` and Lightning's
+        the model built from its config (on the CPU, or the meta device). This default serves a family trained by ``training_step`` and Lightning's
         automatic optimization: one phase, the step's loss and its backward pass."""
         return [TrainPhase(SINGLE, self._loss_and_backward)]
 
