@@ -350,7 +350,10 @@ def compute_curves_figure(runs: list[Run], fig_dir: Path) -> list[Path]:
     for ax, (x, title) in zip(axes, COMPUTE_AXES):
         ax.set_xlabel(title)
         ax.grid(alpha=0.3)
-        if x != "wall_clock_s":
+        values = [r[x] for _, rows in curves for r in rows if r.get(x, 0) > 0]
+        if x == "train_flops" and values and max(values) / min(values) > 100:
+            ax.set_xscale("log")  # families' FLOPs per image differ by orders of magnitude (a VAE's to a U-Net's)
+        elif x != "wall_clock_s":
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 150k, 6M, 20T: full counts overlap
     if not any("train_flops" in r for _, rows in curves for r in rows):
         axes[-1].text(0.5, 0.5, "n/a: these runs were made\nbefore genbench counted FLOPs", ha="center", va="center",

@@ -30,7 +30,6 @@ networks on one CPU core (on meta, 0.1-1.3 s: its kernels are Python), and about
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -41,8 +40,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from genbench.schema.types import FLOP_SUFFIXES
-
-log = logging.getLogger(__name__)
 
 COUNT_BATCH = 2  # images the counted step sees; every count is linear in the batch
 SINGLE = "model"  # the name of the phase of a model trained in one kind of step
@@ -162,16 +159,20 @@ def sampling_flops(model, settings: dict | None, n: int = COUNT_BATCH) -> int | 
     """FLOPs per image that ``model.sample`` costs with these sampler settings (checked ones: genbench.sampling);
     None where the count of network calls is not known (an adaptive solver before it has sampled).
 
-    Counted on the model itself: sampling changes no state (no gradients, the EMA network in eval mode), the random
-    streams are put back, and attention is counted in its reference form, so the count is the same on every device.
-    Cost: one network call (and a decode) of ``n`` images.
+    Counted on the model itself, in eval mode as it samples (no batch statistics move), without gradients and with
+    the random streams put back, so nothing of it changes; attention is counted in its reference form, so the count
+    is the same on every device. Cost: one network call (and a decode) of ``n`` images.
     """
-    total = 0
-    with untouched_random_streams(), torch.no_grad():
-        for part, times in model.sampling_parts(n, **(settings or {})):
-            if times is None:
-                return None
-            total += _count(part) * int(times)
+    total, was_training = 0, model.training
+    model.eval()
+    try:
+        with untouched_random_streams(), torch.no_grad():
+            for part, times in model.sampling_parts(n, **(settings or {})):
+                if times is None:
+                    return None
+                total += _count(part) * int(times)
+    finally:
+        model.train(was_training)
     return total // n
 
 
