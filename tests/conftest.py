@@ -32,7 +32,7 @@ CONF_DIR = REPO / "conf"
 FAMILIES = tuple(families())
 # run.json, as the contract names it
 RUN_FIELDS = {"family", "status", "stop_reason", "seed", "params", "images_seen", "steps", "train_seconds", "img_per_s",
-              "peak_mem_mb", "hardware", "git_commit", "started", "finished"}  # fmt: skip
+              "peak_mem_mb", "hardware", "git_commit", "started", "finished", "train_flops_per_image", "train_flops"}  # fmt: skip
 HARDWARE_FIELDS = {"accelerator", "device_name", "precision", "devices"}
 
 

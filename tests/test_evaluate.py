@@ -143,6 +143,12 @@ def test_checkpoint_of_every_family_is_scored_under_its_protocol(results, work, 
     record = _record(results[family])
     assert set(CONTRACT_FIELDS) <= set(record)
     assert record["n_fake"] == 100 and record["family"] == family and record["sample_seconds_per_1k"] > 0
+    assert record["sample_flops_per_image"] > 0  # genbench.training.flops: the sampler's network calls, or one pass
+    run = json.loads((work / family / "run.json").read_text())
+    phases = run["train_flops_phases"]  # one per kind of training step (a latent model: its stage, then the model)
+    assert sum(phase["images"] for phase in phases.values()) == run["images_seen"]
+    assert run["train_flops"] == sum(p["flops_per_image"] * p["images"] for p in phases.values()) > 0
+    assert run["train_flops_per_image"] == round(run["train_flops"] / run["images_seen"])
     assert all(isinstance(record[k], float) for k in ("fid", "kid_mean", "precision", "recall", "memorization"))
     if takes_sampler(family):
         assert (record["sampler"], record["sampler_steps"]) == ("ddim", 3) and "-ddim3-" in record["protocol"]

@@ -31,6 +31,8 @@ from genbench.errors import GenbenchError
 from genbench.imageio import make_grid, read_png_text, to_uint8
 from genbench.models import build_model, family_class, load_checkpoint
 from genbench.noise import IndexedNoise
+from genbench.sampling import sampler_settings
+from genbench.training.flops import sampling_flops
 
 STEPS = 3
 SAMPLER = {"sampler": "ddim", "steps": 4}  # every family takes sampler settings; only one that takes a sampler uses them
@@ -131,6 +133,18 @@ class FamilyContract:
             text = read_png_text(png)
             assert text["AI-generated"] == "true" and text["genbench:family"] == self.family, text
             assert text["genbench:seed"] == "0" and text["genbench:checkpoint_sha256"], text
+
+    def test_counting_sampling_flops_leaves_the_model_alone(self, trained):
+        """(run.json's training FLOPs of every family: tests/test_evaluate.py)"""
+        model = trained.model
+        settings = sampler_settings(model, SAMPLER)
+        rng, weights = torch.get_rng_state(), copy.deepcopy(model.state_dict())
+        flops = sampling_flops(model, settings)
+        assert flops > 0 and torch.equal(rng, torch.get_rng_state())
+        assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+        if model.takes_sampler:  # guidance batches both branches into each network call
+            guided = sampling_flops(model, sampler_settings(model, {**SAMPLER, "guidance_scale": 2.0}))
+            assert flops < guided <= 2 * flops
 
     # ------------------------------------------------------------------ sampling interface
     def test_sample_shape_and_range(self, trained):

@@ -185,6 +185,29 @@ def test_different_protocols_are_never_averaged_together(tmp_path):
     assert "n_fake=500" in to_markdown(summary)
 
 
+def test_runs_made_before_flops_were_counted_show_a_dash_and_no_flops_point(tmp_path):
+    from genbench.report.figures import compute_curves_figure
+
+    new, old = _run(tmp_path, "gan", 0, metrics=_metrics(20.0)), _run(tmp_path, "vae", 0, metrics=_metrics(30.0))
+    new.record |= {"train_flops": 2.1e12, "train_flops_per_image": 3.28e9}  # old: run.json without FLOP fields
+    assign_settings([new, old])
+    summary = build_summary([new, old], [])
+    head = to_markdown(summary).splitlines()[2].split(" | ")
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in to_markdown(summary).splitlines() if line.startswith("| ")}
+    column = head.index("train FLOPs")
+    assert rows["| gan"][column] == "2.1T" and rows["| vae"][column] == "–"
+    assert [row["train_flops_mean"] for row in table_rows(summary)] == [2.1e12, None] and to_latex(summary)
+    for run, flops in ((new, ",1000000000000.0"), (old, "")):
+        run.path.mkdir()
+        header = "fid,wall_clock_s,images_seen" + (",train_flops" if flops else "")
+        (run.path / "metrics.csv").write_text(f"{header}\n40.0,5.0,320{flops}\n30.0,10.0,640{flops.replace('1', '2', 1)}\n")
+    compute_curves_figure([new, old], tmp_path / "both")
+    points = {(r["family"], r["images_seen"]): r["train_flops"] for r in _rows(tmp_path / "both" / "fid_vs_compute.csv")}
+    assert points == {("gan", "320.0"): "1000000000000.0", ("gan", "640.0"): "2000000000000.0", ("vae", "320.0"): "",
+                      ("vae", "640.0"): ""}  # fmt: skip
+    assert (tmp_path / "old" / "fid_vs_compute.png") in compute_curves_figure([old], tmp_path / "old")  # n/a, no crash
+
+
 def test_best_value_is_bold_and_settings_split_rows(tmp_path):
     runs = [_run(tmp_path, "gan", s, metrics=_metrics(20.0 + s)) for s in (0, 1)]
     runs += [_run(tmp_path, "vae", s, hw, metrics=_metrics(50.0 + s)) for s in (0, 1) for hw in ("cpu", "gpu_bf16")]
@@ -233,6 +256,7 @@ def test_ddim_plot_fid_curve_and_compute_curves_from_a_diffusion_run(tmp_path, f
     expected = {"ddim_steps.png", "ddim_steps.pdf", "ddim_fid.csv", "fid_vs_compute.png", "fid_vs_compute.pdf"}
     assert expected <= {p.name for p in figures.iterdir()}
     assert [int(r["steps"]) for r in _rows(figures / "ddim_fid.csv")] == [1, 2, 4]
+    assert all(float(r["train_flops"]) > 0 for r in _rows(figures / "fid_vs_compute.csv"))  # FID against FLOPs too
     chunks = read_png_text(figures / "ddim_steps.png")
     assert chunks["AI-generated"] == "true" and chunks["genbench:family"] == "diffusion" and chunks["genbench:sampler"] == "ddim"
     assert not [n for n in stamp["notes"] if "ddim" in n.lower() or "compute" in n]

@@ -183,6 +183,7 @@ CLI_CASES = {
     "nearest_name": ("train", ["+model.net.base_chanels=3"], ["model.net.base_chanels", "base_channels"]),
     "infinite_minutes": ("train", ["budget.max_minutes=inf"], ["budget.max_minutes=inf", "finite"]),
     "nan_minutes": ("train", ["budget.max_minutes=nan"], ["budget.max_minutes=nan", "finite"]),
+    "flops_suffix": ("train", ["budget.max_flops=20t"], ["budget.max_flops=20t", "suffixes K, M, G, T, P"]),
     "run_outside_runs": ("train", ["name=../../x"], ["name=", "../../x"]),
     "empty_name": ("train", ["name="], ["name="]),
     "unknown_schedule": ("train", ["model.path.kind=foo"], ["model.path.kind=foo", "cosine"]),

@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 import genbench.models.diffusion
+import genbench.train
 from conftest import HARDWARE_FIELDS, RUN_FIELDS, run_cli, tiny_overrides, train_run
 from genbench.errors import GenbenchError
 from genbench.models import Diverged, load_checkpoint
@@ -42,7 +43,7 @@ def test_max_minutes_on_the_command_line_replaces_the_default_budget(tmp_path):
     run_dir = tmp_path / "default" / "vae-seed0"
     record = read_record(run_dir)
     assert record["status"] == "completed" and record["stop_reason"] == "budget.max_minutes"
-    assert record["budget"] == {"max_steps": None, "max_images": None, "max_minutes": 0.02}
+    assert record["budget"] == {"max_steps": None, "max_images": None, "max_minutes": 0.02, "max_flops": None}
     assert record["train_seconds"] >= 0.02 * 60 and record["steps"] > 0
     assert OmegaConf.load(run_dir / "config.yaml").budget.max_steps is None
 
@@ -54,6 +55,7 @@ def test_max_minutes_on_the_command_line_replaces_the_default_budget(tmp_path):
         (dict(max_images=240000), dict(images=12800), "12,800/240,000 images"),
         (dict(max_minutes=3.0), dict(train_seconds=90.0), "1.5/3 min"),
         (dict(max_minutes=0.25), dict(train_seconds=6.0), "0.10/0.25 min"),
+        (dict(max_flops="20T"), dict(flops=1.234e12), "1.23T/20T FLOPs"),
     ],
 )
 def test_progress_bar_counts_the_budget_in_its_own_unit(budget, spent, expected):
@@ -93,7 +95,8 @@ def resumed(tmp_path, monkeypatch):
     real_step = VAEModule.training_step
 
     def counting_step(self, batch, batch_idx):
-        trained_batches.append(batch_idx)
+        if not self._warming_up:  # the FLOP count runs the step once on a twin (genbench.training.flops): not training
+            trained_batches.append(batch_idx)
         return real_step(self, batch, batch_idx)
 
     monkeypatch.setattr(VAEModule, "training_step", counting_step)
@@ -153,6 +156,7 @@ def test_nan_between_checks_is_caught_at_the_end_with_its_step(tmp_path, monkeyp
         return loss * math.nan if len(calls) > 2 else loss
 
     monkeypatch.setattr(genbench.models.diffusion, "diffusion_loss", nan_from_step_2)
+    monkeypatch.setattr(genbench.train, "train_flops", lambda *args: None)  # its count's loss call is no training step
     with pytest.raises(Diverged, match=r"diffusion: loss term 'loss' became non-finite at step 3; training stopped "
                                        r"at step 4 \(run.json: status diverged, diverged_at_step 3\)"):
         train_run(tmp_path / "run", "diffusion", "budget.max_steps=4", "trainer.log_every_n_steps=25")

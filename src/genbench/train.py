@@ -29,6 +29,7 @@ from genbench.training.budget import Budget, BudgetCallback
 from genbench.training.callbacks import RunRecordCallback, instantiate_callbacks
 from genbench.training.checkpoint_io import AtomicCheckpointIO, PeriodicCheckpoint, readable_checkpoint
 from genbench.training.csv_logger import RunCSVLogger
+from genbench.training.flops import training_flops
 from genbench.training.identity import check_checkpoint_belongs, check_same_training, checkpoint_config
 from genbench.training.preflight import check_train_config
 from genbench.training.record import RUN_JSON, git_commit, read_json
@@ -38,7 +39,7 @@ from genbench.training.slurm import cluster_hooks
 from genbench.training.wandb_media import WandbMediaCallback
 
 log = logging.getLogger("genbench.train")
-BUDGET_KEYS = ("max_steps", "max_images", "max_minutes")
+BUDGET_KEYS = ("max_steps", "max_images", "max_minutes", "max_flops")
 METRICS_JSON = "metrics.json"
 RUN_KEYS = ("checkpoint_every_n_steps", "checkpoint_every_n_minutes")  # ours, not Trainer arguments
 
@@ -156,7 +157,7 @@ def finished_record(cfg: DictConfig, run_dir: Path, budget: Budget) -> dict | No
         return None
     spent = BudgetCallback(budget)  # the budget's own rule, applied to the run's final counts
     spent.load_state_dict({"steps": record.get("steps", 0), "images": record.get("images_seen", 0),
-                           "train_seconds": record.get("train_seconds", 0.0)})  # fmt: skip
+                           "train_seconds": record.get("train_seconds", 0.0), "flops": record.get("train_flops")})  # fmt: skip
     scored = not cfg.evaluate or (run_dir / METRICS_JSON).exists()
     return record if spent.exhausted() and scored else None
 
@@ -191,6 +192,20 @@ def train(cfg: DictConfig) -> dict:
         return fit(cfg, run_dir, budget, datamodule, folder, composed)
 
 
+def train_flops(cfg: DictConfig, datamodule, model, budget: Budget):
+    """The model's training FLOPs per image, counted once per session on a twin (genbench.training.flops). A model
+    that cannot be counted trains without them (run.json's FLOP fields are null), unless the budget is in FLOPs."""
+    try:
+        return training_flops(cfg.model, datamodule.image_shape, datamodule.num_classes, datamodule.class_names)
+    except Exception as exc:  # noqa: BLE001 - a family whose step cannot be counted: said, not fatal
+        if budget.max_flops is not None:
+            raise GenbenchError(f"budget.max_flops needs the {model.family} model's training FLOPs, which could not "
+                                f"be counted ({type(exc).__name__}: {exc}); set another budget") from exc  # fmt: skip
+        log.warning("the %s model's training FLOPs could not be counted (%s: %s); run.json records none",
+                    model.family, type(exc).__name__, exc)  # fmt: skip
+        return None
+
+
 def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunFolder, composed: DictConfig) -> dict:
     """Load the data, build the model, commit the run folder, then train, record and (when asked) evaluate."""
     ckpt_path = resume_path(cfg, run_dir)
@@ -206,11 +221,14 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
         "data": {"image_shape": list(datamodule.image_shape), "num_classes": model.num_classes,
                  "class_names": model.class_names, "fingerprint": datamodule.fingerprint},
     }  # fmt: skip
+    flops = train_flops(cfg, datamodule, model, budget)
     folder.commit(cfg, composed)  # config.yaml, .hydra/, train.log: the folder is written from here on
     n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("ema."))
     log.info("%s: %.2fM parameters, budget %s, run folder %s", model.family, n_params / 1e6, budget, run_dir)
+    if flops is not None:
+        log.info("training FLOPs per image: %s", ", ".join(f"{k} {v:.4g}" for k, v in flops.per_image.items()))
 
-    budget_cb = BudgetCallback(budget)
+    budget_cb = BudgetCallback(budget, flops)
     record_cb = RunRecordCallback(run_dir, cfg.seed, budget_cb, {"run_dir": str(run_dir), "git_commit": git_commit(),
                                                                  "budget": OmegaConf.to_container(cfg.budget)})  # fmt: skip
     callbacks = [  # what every run has: its budget, record and checkpoints; then the ones conf/callbacks names

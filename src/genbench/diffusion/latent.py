@@ -91,7 +91,8 @@ class LatentSpace(Space):
 
     def decode(self, states: Tensor) -> Tensor:
         # a run stopped inside stage 1 has no scale yet: its (untrained) denoiser's latents are decoded unscaled
-        scale = self.scale if self.scale > 0 else torch.ones_like(self.scale)
+        # (chosen on the device: no host sync, and a meta twin can count the decoder's FLOPs)
+        scale = torch.where(self.scale > 0, self.scale, torch.ones_like(self.scale))
         return self.autoencoder.decode(states / scale).float().clamp(-1, 1)
 
     def clip(self, x0: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ Every ``every_n_steps`` training batches and/or every ``every_n_minutes`` of tra
 callback samples ``n_samples`` images from ``pl_module.sample`` (the same per-image noise each time, balanced labels
 for conditional models, the sampler settings the model says apply), scores them against the cached reference
 features of ``trainer.datamodule`` with the one evaluator's extractor, and logs ``fid``, ``wall_clock_s`` (training
-seconds, FID time excluded), ``images_seen`` and ``fid_seconds`` to every logger (metrics.csv with the CSV logger).
+seconds, FID time excluded), ``images_seen``, ``train_flops`` (from the budget callback) and ``fid_seconds`` to every logger (metrics.csv with the CSV logger).
 
 When the trainer has a budget callback (one with ``paused()`` and ``train_seconds``, as genbench's
 ``BudgetCallback``), FID time is paused out of the training budget and ``wall_clock_s`` is its ``train_seconds``,
@@ -150,6 +150,8 @@ class FIDCallback(pl.Callback):
             "images_seen": float(getattr(pl_module, "images_seen", 0)),
             "fid_seconds": time.perf_counter() - started,
         }
+        if getattr(budget, "flops", None) is not None:  # the training FLOPs so far, for FID against FLOPs
+            metrics["train_flops"] = float(budget.flops)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         self.history.append({"step": self._last_step, **metrics})

@@ -33,6 +33,7 @@ from genbench.metrics.fidelity import knn_radii, score
 from genbench.metrics.memorization import memorization, nearest_distances
 from genbench.metrics.protocol import Protocol, make_protocol, protocol_fields, reference_identity
 from genbench.noise import IndexedNoise
+from genbench.training.flops import sampling_flops
 
 log = logging.getLogger(__name__)
 
@@ -436,6 +437,8 @@ def run_model_evaluation(model, plan: Plan) -> dict:
         record["sampling_compile_seconds"] = round(timings["compile_seconds"], 2)
     if plan.sampler is not None and model.takes_sampler:
         record["sampler_nfe"] = model.sampler_nfe(**plan.sampler)
+    # per image, for these sampler settings: one network call times the NFE (plus a latent decode), or one pass
+    record["sample_flops_per_image"] = sampling_flops(model, plan.sampler)
     return record
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -24,6 +24,7 @@ from genbench.models.ema import ImageEMA, checked_ema_settings
 from genbench.models.resume import StepEnd, collect_rng_states, restore_rng_states
 from genbench.training.budget import BudgetCallback
 from genbench.training.finite import non_finite_tensors
+from genbench.training.flops import SINGLE, TrainPhase
 from genbench.training.speed import compile_cache_dir, optimizer_kwargs
 
 
@@ -294,6 +295,29 @@ class GenerativeModule(pl.LightningModule):
             raise GenbenchError(f"sampler.guidance_scale={guidance}, but the {self.family} model has no guidance "
                                 "(it samples in one pass): leave sampler.guidance_scale at 1")  # fmt: skip
         return None
+
+    # ------------------------------------------------------------------ FLOPs (genbench.training.flops)
+    def training_phases(self) -> list[TrainPhase]:
+        """What a training step computes, for counting its FLOPs: one :class:`TrainPhase` per kind of step the
+        model takes, each running that step's forward and backward passes on a batch without stepping an optimizer,
+        updating the EMA, logging or counting images. genbench.training.flops runs each once per run, on a twin of
+        the model built from its config (on the CPU, or the meta device). This default serves a family trained by ``training_step`` and Lightning's
+        automatic optimization: one phase, the step's loss and its backward pass."""
+        return [TrainPhase(SINGLE, self._loss_and_backward)]
+
+    def _loss_and_backward(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self._warming_up = True  # log_losses keeps nothing of these losses
+        try:
+            self.training_step((images, labels), 0).backward()
+        finally:
+            self._warming_up = False
+
+    def sampling_parts(self, n: int, **settings) -> list[tuple[Callable[[], object], int | None]]:
+        """What ``sample(n, **settings)`` computes, for counting its FLOPs: (part, times) pairs, where ``part()``
+        computes once what sampling computes ``times`` over (None: known only after sampling, as an adaptive
+        solver's network calls). This default serves a family that samples in one pass: the whole ``sample``."""
+        labels = None if self.num_classes is None else torch.zeros(n, dtype=torch.long)  # checked on the host
+        return [(lambda: self.sample(n, labels=labels, **settings), 1)]
 
     def set_training_view(self, name: str, net: nn.Module) -> None:
         """``self.<name>``: the network the training step calls, compiled when ``hardware.compile=true``.

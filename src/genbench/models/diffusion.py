@@ -22,6 +22,7 @@ from genbench.diffusion.samplers import DEFAULT_SIGMA_MAX, Sampler, guided
 from genbench.diffusion.spaces import Space
 from genbench.errors import GenbenchError
 from genbench.models.base import GenerativeModule
+from genbench.training.flops import SINGLE, TrainPhase
 from genbench.training.speed import compile_cache_dir
 
 
@@ -97,6 +98,31 @@ class DiffusionModule(GenerativeModule):
         loss = diffusion_loss(self.train_net, self.path, self.space.encode(images), labels)
         self.log_losses({"loss": loss})
         return loss
+
+    def training_phases(self) -> list[TrainPhase]:
+        """The space's own stage while it lasts (a latent space's autoencoder: its loss and backward), then the
+        denoiser's step: the space's encoding of the batch (a frozen encoder's forward pass) and the network's
+        forward and backward."""
+
+        def denoiser(images: torch.Tensor, labels: torch.Tensor) -> None:
+            labels = drop_labels(labels, self.num_classes, self.label_dropout)
+            diffusion_loss(self.train_net, self.path, self.space.encode(images), labels).backward()
+
+        phases = [TrainPhase(SINGLE, denoiser, lambda images_seen: not self.space.in_stage(images_seen))]
+        if self.space.trainable_parameters():
+            stage = lambda images, labels: self.space.stage_loss(images)[0].backward()  # noqa: E731
+            phases.insert(0, TrainPhase("stage", stage, self.space.in_stage))
+        return phases
+
+    def sampling_parts(self, n: int, **settings) -> list[tuple[Callable[[], object], int | None]]:
+        """One network call as :meth:`sample` makes it (guidance batches both branches into it) times the sampler's
+        NFE (None for an adaptive solver that has not sampled), and the space's one decode of the final states.
+        Counted in fp32: bf16 computes the same products."""
+        labels = None if self.num_classes is None else torch.zeros(n, dtype=torch.long)  # checked on the host
+        call = {**settings, "precision": FP32}
+        states = torch.zeros(n, *self.space.state_shape(self.image_shape), device=self.device)
+        return [(lambda: self.warm_up_sampling(n, labels, **call), self.sampler_nfe(**settings)),
+                (lambda: self.space.decode(states), 1)]  # fmt: skip
 
     def configure_optimizers(self):
         """One optimizer: the network, and a space's own parameters in a group with the space's learning rate. Each

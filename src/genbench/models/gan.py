@@ -11,6 +11,7 @@ from torch import nn
 from genbench.schema.types import NonNegativeFloat, PositiveFloat, PositiveInt
 from genbench.errors import GenbenchError
 from genbench.models.base import GenerativeModule
+from genbench.training.flops import IDLE_OPTIMIZER, SINGLE, TrainPhase
 
 
 def d_loss_non_saturating(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -138,6 +139,12 @@ class GANModule(GenerativeModule):
         backward(g_loss)
         g_opt.step()
         return {**losses, "g_loss": g_loss, "d_real": d_real.mean(), "d_fake": d_fake.mean()}
+
+    def training_phases(self) -> list[TrainPhase]:
+        """One phase: the whole adversarial step (``d_steps`` discriminator updates and the generator update), with
+        optimizers that do not step."""
+        step = lambda real, labels: self.adversarial_step(real, labels, IDLE_OPTIMIZER, IDLE_OPTIMIZER)  # noqa: E731
+        return [TrainPhase(SINGLE, step)]
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, generator: torch.Generator | None = None, **sampler_kwargs) -> torch.Tensor:

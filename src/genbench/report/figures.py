@@ -304,8 +304,14 @@ def interpolation_figure(run: Run, fig_dir: Path, pairs: int, steps: int, seed: 
     return save_figure(fig, fig_dir / f"{model.family}_interpolation", chunks)
 
 
+CURVE_KEYS = ("fid", "wall_clock_s", "images_seen")  # every in-training FID row has these
+COMPUTE_AXES = (("wall_clock_s", "training wall-clock (s)"), ("images_seen", "images seen"),
+                ("train_flops", "training FLOPs"))  # fmt: skip
+
+
 def read_fid_curve(run: Run) -> list[dict]:
-    """The in-training FID rows (``fid``, ``wall_clock_s``, ``images_seen``) of a run's metrics.csv."""
+    """The in-training FID rows (``fid``, ``wall_clock_s``, ``images_seen``, and ``train_flops`` where the run
+    counted FLOPs) of a run's metrics.csv."""
     path = run.path / "metrics.csv"
     if not path.is_file():
         return []
@@ -314,41 +320,50 @@ def read_fid_curve(run: Run) -> list[dict]:
     out = []
     for r in rows:
         try:
-            out.append({k: float(r[k]) for k in ("fid", "wall_clock_s", "images_seen") if r.get(k) not in (None, "")})
+            out.append({k: float(r[k]) for k in (*CURVE_KEYS, "train_flops") if r.get(k) not in (None, "")})
         except ValueError:
             continue
-    return [r for r in out if len(r) == 3]
+    return [r for r in out if all(k in r for k in CURVE_KEYS)]
 
 
 def compute_curves_figure(runs: list[Run], fig_dir: Path) -> list[Path]:
-    """FID against training wall-clock and against images seen, every run of every family on one pair of axes."""
+    """FID against training wall-clock, against images seen and against training FLOPs, every run of every family on
+    one row of axes. Runs made before genbench counted FLOPs have no points on the FLOPs axis."""
     curves = [(run, read_fid_curve(run)) for run in runs]
     curves = [(run, rows) for run, rows in curves if rows]
     if not curves:
         raise Skipped("no run logged in-training FID (set callbacks.fid.every_n_steps or every_n_minutes)")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(COMPUTE_AXES), figsize=(13, 3.4), sharey=True)
     labelled = set()
     for run, rows in curves:
         label = run.family if run.family not in labelled else None
         labelled.add(run.family)
-        for ax, x in zip(axes, ("wall_clock_s", "images_seen")):
-            ax.plot([r[x] for r in rows], [r["fid"] for r in rows], "o-", ms=3, alpha=0.8, label=label,
-                    color=family_color(run.family))  # fmt: skip
+        for ax, (x, _) in zip(axes, COMPUTE_AXES):
+            points = [(r[x], r["fid"]) for r in rows if x in r]
+            if points:
+                ax.plot(*zip(*points), "o-", ms=3, alpha=0.8, label=label, color=family_color(run.family))
     fids = [r["fid"] for _, rows in curves for r in rows]
     if min(fids) > 0 and max(fids) / min(fids) > 10:
         axes[0].set_yscale("log")
     else:
         axes[0].ticklabel_format(axis="y", useOffset=False)
-    axes[0].set_xlabel("training wall-clock (s)")
-    axes[1].set_xlabel("images seen")
-    axes[1].xaxis.set_major_formatter(EngFormatter(sep=""))  # 150k, 6M: full counts overlap
-    axes[0].set_ylabel("FID (in-training)")
-    for ax in axes:
+    for ax, (x, title) in zip(axes, COMPUTE_AXES):
+        ax.set_xlabel(title)
         ax.grid(alpha=0.3)
+        values = [r[x] for _, rows in curves for r in rows if r.get(x, 0) > 0]
+        if x == "train_flops" and values and max(values) / min(values) > 100:
+            ax.set_xscale("log")  # families' FLOPs per image differ by orders of magnitude (a VAE's to a U-Net's)
+        elif x != "wall_clock_s":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 150k, 6M, 20T: full counts overlap
+    if not any("train_flops" in r for _, rows in curves for r in rows):
+        axes[-1].text(0.5, 0.5, "n/a: these runs were made\nbefore genbench counted FLOPs", ha="center", va="center",
+                      transform=axes[-1].transAxes, fontsize=8, color="0.4")  # fmt: skip
+    axes[0].set_ylabel("FID (in-training)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     written = save_figure(fig, fig_dir / "fid_vs_compute", plot_provenance([r for r, _ in curves], "FID against compute"))
-    long_rows = [{"family": run.family, "seed": run.seed, "setting": run.setting, **row} for run, rows in curves for row in rows]
+    long_rows = [{"family": run.family, "seed": run.seed, "setting": run.setting, **row,
+                  "train_flops": row.get("train_flops")} for run, rows in curves for row in rows]  # fmt: skip
     written.append(write_rows(fig_dir / "fid_vs_compute.csv", long_rows))
     return written
 

@@ -34,6 +34,7 @@ class Quantity:
 QUANTITIES = (
     Quantity("params", "parameters", "params"),
     Quantity("images_seen", "images seen", "images_seen"),
+    Quantity("train_flops", "train FLOPs", "train_flops"),  # absent from runs made before FLOPs were counted: –
     Quantity("train_seconds", "train time", "train_seconds"),
     Quantity("img_per_s", "img/s", "img_per_s"),
     Quantity("fid", "FID", "fid", "metrics", "lower"),
@@ -46,7 +47,7 @@ QUANTITIES = (
     Quantity("sample_seconds_per_1k", "sampling s/1k img", "sample_seconds_per_1k", "metrics"),
 )
 METRIC_KEYS = ("fid", "fid_inf", "kid_mean", "kid_std", "is_mean", "is_std", "is_inf", "precision", "recall", "density",
-               "coverage", "memorization", "sample_seconds_per_1k")  # fmt: skip
+               "coverage", "memorization", "sample_seconds_per_1k", "sample_flops_per_image")  # fmt: skip
 
 
 @dataclass
@@ -197,7 +198,7 @@ def _decimals(value: float) -> int:
 
 
 def _si(value: float) -> str:
-    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+    for limit, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= limit:
             return f"{value / limit:.3g}{suffix}"
     return f"{value:.3g}"
@@ -229,7 +230,7 @@ def cells(table: Table, style: str) -> list[list[str]]:
             if stat.mean is None:
                 row.append(dash)
                 continue
-            if q.key in ("params", "images_seen"):
+            if q.key in ("params", "images_seen", "train_flops"):
                 text = _si(stat.mean) + (f"{pm}{_si(stat.std)}" if stat.std else "")
             else:
                 scale = divisor if q.key == "train_seconds" else 1.0
@@ -364,7 +365,8 @@ def run_rows(runs: list[Run]) -> list[dict]:
         row = {"family": run.family, "seed": run.seed, "status": run.status, "stop_reason": run.record.get("stop_reason"),
                "setting": run.setting, "hardware_name": run.hardware, "hardware_device": hw.get("device_name"),
                "hardware_precision": hw.get("precision"), "git_commit": run.record.get("git_commit")}  # fmt: skip
-        for key in ("params", "images_seen", "steps", "train_seconds", "img_per_s", "peak_mem_mb"):
+        for key in ("params", "images_seen", "steps", "train_flops", "train_flops_per_image", "train_seconds",
+                    "img_per_s", "peak_mem_mb"):
             row[key] = run.record.get(key)
         row |= protocol_columns(run)
         for key in METRIC_KEYS:

@@ -16,8 +16,8 @@ from annotated_types import Ge
 from pydantic import BaseModel, ConfigDict, Strict, model_validator
 
 from genbench.schema.types import (
-    Auto, Device, Flag, Float, NonNegativeFloat, NonNegativeInt, PathText, Percentile, PositiveFloat, PositiveInt,
-    Probability, RunName, Seed, Text,
+    Auto, Device, Flag, FlopCount, Float, NonNegativeFloat, NonNegativeInt, PathText, Percentile, PositiveFloat,
+    PositiveInt, Probability, RunName, Seed, Text,
 )  # fmt: skip
 
 SPLITS = Literal["train", "val", "test"]
@@ -34,6 +34,7 @@ class Budget(Group):
     max_steps: PositiveInt | None = None
     max_images: PositiveInt | None = None
     max_minutes: PositiveFloat | None = None
+    max_flops: FlopCount | None = None  # training FLOPs (genbench.training.flops): 2e13, or 20T with K/M/G/T/P
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Budget":

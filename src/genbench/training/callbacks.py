@@ -16,7 +16,9 @@ from genbench.sampling import sampler_settings
 from genbench.noise import IndexedNoise
 from genbench.schema.types import PositiveInt
 from genbench.training.budget import BudgetCallback
-from genbench.training.record import RUN_JSON, hardware_info, now, peak_memory_mb, read_json, speed_info, weights_sha256, write_json
+from genbench.training.flops import si_flops
+from genbench.training.record import (RUN_JSON, hardware_info, now, peak_memory_mb, read_json, speed_info, weights_sha256,
+                                      write_json)  # fmt: skip
 
 
 class RunRecordCallback(pl.Callback):
@@ -44,6 +46,7 @@ class RunRecordCallback(pl.Callback):
             peak_mem_mb=round(peak_memory_mb(trainer.strategy.root_device), 1),
             hardware=hardware_info(trainer),
             speed=speed_info(trainer, pl_module),
+            **self.budget.flops_record(),  # train_flops_per_image, train_flops (genbench.training.flops)
             **fields,
         )
         stages = pl_module.stage_record()  # a latent model's autoencoder stage: its images, parameters and scale
@@ -118,6 +121,8 @@ class _SpentColumn(BatchesProcessedColumn):
         unit = task.fields.get("unit")
         if unit is None:
             return super().render(task)
+        if unit == "FLOPs":
+            return Text(f"{si_flops(task.completed)}/{si_flops(task.total)} FLOPs", style=self.style)
         if unit == "min":  # as many decimals as the budget has (at least one): 1.5/2 min, 0.01/0.01 min
             decimals = max(1, len(f"{task.total:g}".partition(".")[2]))
             return Text(f"{task.completed:.{decimals}f}/{task.total:g} min", style=self.style)
@@ -131,14 +136,16 @@ class _SpeedColumn(ProcessingSpeedColumn):
         unit = task.fields.get("unit")
         if unit is None:
             return super().render(task)
-        if unit == "min" or task.speed is None:
+        if unit in ("min", "FLOPs") or task.speed is None:
             return Text("")
         return Text(f"{task.speed:,.1f} {'img' if unit == 'images' else 'it'}/s", style=self.style)
 
 
 def budget_spent(budget: BudgetCallback) -> tuple[float, float, str]:
-    """(spent, total, unit) of the budget: batches, images, or minutes of training time."""
+    """(spent, total, unit) of the budget: batches, images, minutes of training time, or training FLOPs."""
     b = budget.budget
+    if b.max_flops is not None:
+        return budget.flops or 0, b.max_flops, "FLOPs"
     if b.max_steps is not None:
         return budget.steps, b.max_steps, "batches"
     if b.max_images is not None:
