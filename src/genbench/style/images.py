@@ -12,7 +12,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from genbench.errors import GenbenchError
 
-GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+GREY_MODES = ("1", "L", "LA", "La", "F")
+WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L")  # Pillow's convert("L") clips these at 255: a white image
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ def read_photo(path: str | Path, key: str, max_side: int | None) -> Photo:
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
+            if im.mode in WIDE_GREY_MODES:  # 16-bit grey: the high byte, as genbench.imageio reads such PNGs
+                im = Image.fromarray((np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8))
             im = im.convert("L" if im.mode in GREY_MODES else "RGB")  # decodes the whole file: truncation shows here
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise GenbenchError(f"{key}={path} is not a readable image ({exc})") from exc

@@ -2,9 +2,9 @@
 
 L_total = a L_content + b L_style + c L_tv (their Eq. 7, plus the total-variation prior that Johnson et al. 2016 and
 most implementations add). Gatys et al. scale each term by constants that depend on one network's activation sizes
-(Eq. 1 and 4: 1/2, 1/(4 N_l^2 M_l^2)), so their weights (a/b = 1e-3 or 1e-4) hold for VGG-19 only. Here each term is a
-*relative* squared error instead, the same sums divided by the target's own squared norm, so it starts near 1 and the
-weights mean the same for every network and image size:
+(Eq. 1 and 4: 1/2, 1/(4 N_l^2 M_l^2)), so their weights (a/b around 1e-3) hold for VGG-19 only. Here each term is a
+*relative* squared error instead, the same sums divided by the target's own squared norm, a fraction of the target's
+size, so the weights mean the same for every network and image size:
 
 - content: ||F_l(x) - F_l(p)||^2 / ||F_l(p)||^2 on the content layers (Eq. 1),
 - style: ||G_l(x) - G_l(s)||^2 / ||G_l(s)||^2 on the style layers (Eq. 3-5), with the Gram matrix
@@ -12,7 +12,7 @@ weights mean the same for every network and image size:
 - tv: the mean squared difference of neighbouring pixels of x over that of the content image.
 
 Each term is averaged over its layers. The image is the only variable; it starts from the content image or from
-noise and is kept in [0, 1] after every step.
+noise and stays in [0, 1]: bounds of L-BFGS-B, or a projection after every Adam step.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 
 from genbench.style.features import FeatureNet
-
 
 
 def gram(features: Tensor) -> Tensor:
@@ -74,7 +73,7 @@ class Settings:
 
 @dataclass
 class Losses:
-    """Each term's value before every step (unweighted), and after the last one."""
+    """Each term's value (unweighted) at every evaluation of the objective, and once more for the result."""
 
     content: list[float] = field(default_factory=list)
     style: list[float] = field(default_factory=list)
@@ -94,7 +93,7 @@ class Objective:
         self.content_layers, self.style_layers = tuple(content_layers), tuple(style_layers)
         self.layers = tuple(dict.fromkeys(self.content_layers + self.style_layers))
         with torch.no_grad():
-            self.content_targets = {k: v for k, v in net(content, self.content_layers).items()}
+            self.content_targets = net(content, self.content_layers)
             self.style_targets = {k: gram(v) for k, v in net(style, self.style_layers).items()}
             self.content_smoothness = smoothness(content).clamp_min(1e-8)
 
@@ -120,9 +119,9 @@ def start_image(content: Tensor, init: str, generator: torch.Generator) -> Tenso
 
 
 def transfer(objective: Objective, content: Tensor, generator: torch.Generator,
-             advance: Callable[[int], None] | None = None) -> tuple[Tensor, Losses, int]:  # fmt: skip
+             advance: Callable[[], None] | None = None) -> tuple[Tensor, Losses, int]:  # fmt: skip
     """Optimise the image for ``settings.steps`` steps; the result in [0, 1], the losses and the steps taken
-    (fewer than asked only where L-BFGS has converged). ``advance(k)`` is called after every k steps done."""
+    (fewer than asked only where L-BFGS-B's line search finds no lower loss). ``advance()`` after every step."""
     x = start_image(content, objective.settings.init, generator)
     losses = Losses()
     if objective.settings.optimizer == "lbfgs":
@@ -145,8 +144,9 @@ def _loss_and_grad(objective: Objective, x: Tensor, losses: Losses) -> tuple[Ten
 
 def _lbfgs_b(objective: Objective, x: Tensor, losses: Losses, advance) -> tuple[Tensor, int]:
     """L-BFGS-B (scipy): L-BFGS, as Gatys et al. use, with the pixel bounds [0, 1] inside the method.
-    torch.optim.LBFGS has no bounds; clamping its iterate between calls breaks its curvature pairs, and the loss
-    then jumps by orders of magnitude (measured: 1.3 -> 1.7e10 within 100 steps on a 128-px image)."""
+    torch.optim.LBFGS has no bounds, and clamping its iterate between calls breaks its curvature pairs: on a 128-px
+    image the loss went back up after every clamp (from 1.3 to 27 within 100 steps, one line-search trial at 1.7e10),
+    and with one iteration per call (to clamp after each) the image did not move at all."""
     from scipy.optimize import Bounds, minimize
 
     shape, device, dtype = x.shape, x.device, x.dtype
@@ -158,12 +158,13 @@ def _lbfgs_b(objective: Objective, x: Tensor, losses: Losses, advance) -> tuple[
 
     def step_done(_) -> None:
         if advance is not None:
-            advance(1)
+            advance()
 
     steps = objective.settings.steps
-    result = minimize(fun, x.cpu().double().numpy().ravel(), jac=True, method="L-BFGS-B", bounds=Bounds(0.0, 1.0),
-                      callback=step_done, options={"maxiter": steps, "maxfun": 4 * steps + 20, "maxcor": 20, "ftol": 0.0, "gtol": 0.0})  # fmt: skip
     # ftol and gtol 0: ``steps`` iterations, unless the line search finds no lower loss (float32 gradients' limit).
+    options = {"maxiter": steps, "maxfun": 4 * steps + 20, "maxcor": 20, "ftol": 0.0, "gtol": 0.0}
+    result = minimize(fun, x.cpu().double().numpy().ravel(), jac=True, method="L-BFGS-B", bounds=Bounds(0.0, 1.0),
+                      callback=step_done, options=options)  # fmt: skip
     image = torch.from_numpy(result.x.reshape(shape)).to(device=device, dtype=dtype)
     return image, int(result.nit)
 
@@ -178,12 +179,12 @@ def _adam(objective: Objective, x: Tensor, losses: Losses, advance) -> tuple[Ten
         with torch.no_grad():
             x.clamp_(0, 1)
         if advance is not None:
-            advance(1)
+            advance()
     return x.detach(), objective.settings.steps
 
 
 @contextmanager
-def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]]:
+def progress_bar(total: int, description: str) -> Iterator[Callable[[], None]]:
     """A rich bar of ``total`` steps on stderr (stdout carries the command's result); yields its advance function."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -192,5 +193,5 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]
                TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda steps: bar.advance(task, steps)
+        yield lambda: bar.advance(task)
         bar.update(task, completed=total)
