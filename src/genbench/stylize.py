@@ -43,8 +43,10 @@ def check_sizes(photos: dict, min_side: int, network: str) -> None:
     for key, photo in photos.items():
         width, height = photo.size
         if min(width, height) < min_side:
-            raise GenbenchError(f"{key} image is too small for network={network}: {width}x{height} px (after "
-                                f"max_side); its shorter side must be at least {min_side} px")  # fmt: skip
+            shrunk = "" if photo.size == photo.original_size else " (shrunk from {}x{} by max_side)".format(
+                *photo.original_size)
+            raise GenbenchError(f"{key} image is too small for network={network}: {width}x{height} px{shrunk}; its "
+                                f"shorter side must be at least {min_side} px")  # fmt: skip
 
 
 def match_channels(style: torch.Tensor, channels: int) -> torch.Tensor:
