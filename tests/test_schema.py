@@ -53,8 +53,9 @@ COMMANDS = {
     "sample": ["ckpt=/some/run/checkpoints/last.ckpt", "out=/some/out"],
     "eval": ["ckpt=/some/run/checkpoints/last.ckpt", "paths.output_dir=/some/run"],
     "report": ["sweep=/some/sweep", "out=/some/out", "paths.output_dir=/some/out"],
+    "stylize": ["content=/some/content.jpg", "style=/some/style.jpg", "out=/some/out.png"],
 }
-COMMAND_OF = {"sample": "sample", "eval": "evaluate", "report": "report"}
+COMMAND_OF = {"sample": "sample", "eval": "evaluate", "report": "report", "stylize": "stylize"}
 
 
 def test_every_shipped_config_passes_and_every_leaf_has_a_rule():

@@ -16,11 +16,12 @@ from genbench.schema.targets import CALLBACK_CONTEXT, SUPPLIED, check_target
 
 COMMANDS: dict[str, type[groups.Group]] = {
     "train": groups.Run, "sample": groups.Sample, "evaluate": groups.Evaluate, "report": groups.Report,
+    "stylize": groups.Stylize,
 }  # fmt: skip
 # Trainer arguments train.py passes itself (train.build_trainer): setting them twice would be ambiguous.
 SET_BY_GENBENCH = frozenset({"accelerator", "devices", "num_nodes", "precision", "strategy", "callbacks", "logger",
                              "plugins", "default_root_dir"})  # fmt: skip
-Command = Literal["train", "sample", "evaluate", "report"]
+Command = Literal["train", "sample", "evaluate", "report", "stylize"]
 
 
 def resolved(cfg: DictConfig | dict) -> dict:

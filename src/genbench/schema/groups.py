@@ -169,6 +169,28 @@ class Sample(Group):
     sampler: Sampler
 
 
+class Stylize(Group):
+    """``python -m genbench.stylize``; layer names, weights files and image sizes are the network's to check."""
+
+    content: PathText
+    style: PathText
+    out: PathText
+    network: Literal["random", "vgg19", "fmnist_classifier"] = "random"
+    weights: PathText | None = None
+    max_side: PositiveInt | None = 384
+    steps: PositiveInt = 100
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    lr: PositiveFloat | None = None
+    content_weight: PositiveFloat = 1.0
+    style_weight: PositiveFloat = 100.0
+    tv_weight: NonNegativeFloat = 0.0
+    content_layers: list[Text] | None = None
+    style_layers: list[Text] | None = None
+    init: Literal["content", "noise"] = "content"
+    seed: Seed = 0
+    device: Device = "auto"
+
+
 class Evaluate(Group):
     """``python -m genbench.evaluate``."""
 
