@@ -24,7 +24,7 @@ FAMILIES := $(subst $(space),$(comma),$(sort $(basename $(notdir $(wildcard conf
 HARDWARE ?= $(shell $(PY) -c "import torch; print('gpu' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data run test test-fast figures clean bench
+.PHONY: help setup data run test test-fast figures clean bench reproduce
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ setup: $(STAMP) data ## create .venv and install genbench with its dev extra, pl
 run: setup ## train every family (conf/model/) under one budget, evaluate, write results/fashion_mnist_default/
 	$(PY) -m genbench.train -m experiment=fashion_mnist_default model=$(FAMILIES) hardware=$(HARDWARE)
 	$(PY) -m genbench.report sweep=runs/fashion_mnist_default out=results/fashion_mnist_default $(REPORT_ARGS)
+
+# `make reproduce RESULTS=results/other_sweep` for another results folder
+RESULTS ?= results/fashion_mnist_default
+
+reproduce: setup ## retrain and rescore every run of $(RESULTS) from its own records; recorded vs reproduced per cell
+	$(PY) -m genbench.reproduce $(RESULTS)
 
 test: setup ## the whole test suite (what CI runs)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
