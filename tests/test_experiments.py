@@ -18,7 +18,8 @@ STUDIES = ("fashion_mnist_default", "fashion_mnist_compare", "ddim_steps", "comp
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 PINNED = {"ddim_steps": "diffusion", "sampler_steps": "diffusion"}  # experiments that choose their family
 OWN_DATA = {"cifar10_compare": "inception"}  # not Fashion-MNIST: composed and run on local data in test_presets.py
-FEW_STEPS = ["hardware=cpu", "budget.max_steps=2", "budget.max_images=null", "budget.max_minutes=null", "evaluate=false",
+FEW_STEPS = ["hardware=cpu", "budget.max_steps=2", "budget.max_images=null", "budget.max_minutes=null", "budget.max_flops=null",
+             "evaluate=false",
              "model/size=cpu", "data.on_device=false", "callbacks.fid.n_samples=32", "trainer.checkpoint_every_n_steps=1000"]  # fmt: skip
 
 

@@ -181,12 +181,31 @@ def caption(table: Table) -> str:
     hardware = _unique(f"{(r.record.get('hardware') or {}).get('device_name', '?')} "
                        f"({(r.record.get('hardware') or {}).get('precision', '?')})" for r in runs)  # fmt: skip
     parts.append(f"Hardware: {'; '.join(hardware) or 'unknown'}.")
+    budgets = _unique(budget_text(r.record.get("budget")) for r in runs)
+    if budgets:
+        parts.append(f"Budget per run: {'; '.join(budgets)}. Each run's config and record are in the results folder's "
+                     "runs/: python -m genbench.reproduce FOLDER retrains and rescores them.")  # fmt: skip
     commits = _unique(r.record.get("git_commit") for r in runs)
     short = [c[:12] + ("-dirty" if c.endswith("-dirty") else "") for c in commits]
     parts.append(f"Commit{'s' if len(short) > 1 else ''}: {', '.join(short) or 'unknown'}.")
     if table.protocol is not None:
         parts.append("Best in bold (lower FID, FID∞, KID and memorization; higher IS, precision and recall).")
     return " ".join(parts)
+
+
+def budget_text(budget: dict | None) -> str | None:
+    """run.json's budget in words, saying whether it means the same work on another machine."""
+    from genbench.training.flops import si_flops
+
+    chosen = {k: v for k, v in (budget or {}).items() if v is not None}
+    if len(chosen) != 1:
+        return None
+    key, value = next(iter(chosen.items()))
+    return {"max_flops": lambda: f"{si_flops(float(value))} training FLOPs (counted: the same work on any machine)",
+            "max_images": lambda: f"{value:,} training images (the same work on any machine)",
+            "max_steps": lambda: f"{value:,} steps (the same work on any machine)",
+            "max_minutes": lambda: f"{value:g} minutes of training (wall-clock: a faster or less busy machine trains "
+                                   "further; reproduce retrains to the steps each run reached)"}[key]()  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- formatting
