@@ -164,7 +164,10 @@ def test_ctrl_c_while_writing_removes_the_temporary(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         with atomic_folder(tmp_path / "out") as tmp:
             (tmp / "x.png").write_bytes(b"x")
-            os.kill(os.getpid(), signal.SIGINT)  # Python's own handler raises KeyboardInterrupt: the block unwinds
+            # Python's own handler raises KeyboardInterrupt: the block unwinds. raise_signal delivers it to this
+            # thread; os.kill may hand it to another thread of the process (a progress bar's, torch's), and Python
+            # then runs the handler only after the block has ended.
+            signal.raise_signal(signal.SIGINT)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -22,7 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import REPO, compose_train, tiny_overrides, train_run
 from genbench.errors import GenbenchError
 from genbench.training.budget import Budget, BudgetCallback
-from genbench.training.flops import TrainFlops, TrainPhase, count_training, training_flops
+from genbench.models.flops import training_flops
+from genbench.training.flops import TrainFlops, TrainPhase, count_training
 
 
 class ConvThenLinear(nn.Module):

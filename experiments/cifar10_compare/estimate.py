@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from genbench.training.flops import count_training, twin
+from genbench.models.flops import twin
+from genbench.training.flops import count_training
 
 FAMILIES = ("diffusion", "gan", "vae")  # the study's sweep (experiments/cifar10_compare/README.md)
 IMAGE_SHAPE, NUM_CLASSES = (3, 32, 32), 10  # CIFAR-10

@@ -29,7 +29,7 @@ from genbench.training.budget import Budget, BudgetCallback
 from genbench.training.callbacks import RunRecordCallback, instantiate_callbacks
 from genbench.training.checkpoint_io import AtomicCheckpointIO, PeriodicCheckpoint, readable_checkpoint
 from genbench.training.csv_logger import RunCSVLogger
-from genbench.training.flops import training_flops
+from genbench.models.flops import training_flops
 from genbench.training.identity import check_checkpoint_belongs, check_same_training, checkpoint_config
 from genbench.training.preflight import check_train_config
 from genbench.training.record import RUN_JSON, git_commit, read_json

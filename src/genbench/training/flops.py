@@ -40,6 +40,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from genbench.schema.types import FLOP_SUFFIXES
+from genbench.training.rng import collect_rng_states, restore_rng_states
 
 COUNT_BATCH = 2  # images the counted step sees; every count is linear in the batch
 SINGLE = "model"  # the name of the phase of a model trained in one kind of step
@@ -105,24 +106,11 @@ class TrainFlops:
 def untouched_random_streams() -> Iterator[None]:
     """Whatever draws random numbers inside (building a model, a noise level, a dropout mask) leaves every global
     stream where it was: a run that counted its FLOPs trains exactly as one that did not."""
-    from genbench.models.resume import collect_rng_states, restore_rng_states
-
     states = collect_rng_states()
     try:
         yield
     finally:
         restore_rng_states(states)
-
-
-COUNT_DEVICE = "cpu"  # cheaper than meta for the networks genbench trains on CPUs; meta for big ones (estimate.py)
-
-
-def twin(model_cfg, image_shape, num_classes: int | None, class_names=None, device: str = COUNT_DEVICE):
-    """The model ``model_cfg`` builds for this data, freshly built on ``device`` (``meta``: shapes only)."""
-    from genbench.models import build_model
-
-    with untouched_random_streams(), torch.device(device):
-        return build_model(model_cfg, list(image_shape), num_classes, class_names)
 
 
 def _count(run: Callable[[], object]) -> int:
@@ -134,7 +122,7 @@ def _count(run: Callable[[], object]) -> int:
 
 
 def count_training(model, batch: int = COUNT_BATCH) -> TrainFlops:
-    """FLOPs per image of each of ``model``'s training phases, counted on ``model`` itself: give it a :func:`twin`."""
+    """FLOPs per image of each of ``model``'s training phases, counted on ``model`` itself: give it a twin (:func:`genbench.models.flops.twin`)."""
     device = next(model.parameters()).device
     images = torch.zeros(batch, *model.image_shape, device=device)
     labels = torch.zeros(batch, dtype=torch.long, device=device)
@@ -147,12 +135,6 @@ def count_training(model, batch: int = COUNT_BATCH) -> TrainFlops:
     for param in model.parameters():
         param.grad = None
     return TrainFlops(per_image, tuple(p.trains for p in phases))
-
-
-def training_flops(model_cfg, image_shape, num_classes: int | None, class_names=None,
-                   device: str = COUNT_DEVICE) -> TrainFlops:  # fmt: skip
-    """The training FLOPs per image of the model ``model_cfg`` builds for this data, counted on its twin."""
-    return count_training(twin(model_cfg, image_shape, num_classes, class_names, device))
 
 
 def sampling_flops(model, settings: dict | None, n: int = COUNT_BATCH) -> int | None:
