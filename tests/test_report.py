@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, assert_contract_error, cpu_precision, finish_cli, requires_fmnist, run_cli, start_cli, train_run
+from conftest import CONF_DIR, REPO, assert_contract_error, cpu_precision, finish_cli, requires_fmnist, run_cli, start_cli, train_run
 
 from genbench.errors import GenbenchError
 from genbench.imageio import read_png_text
@@ -378,7 +378,7 @@ def test_reproduce_retrains_and_rescores_a_results_folder_to_the_same_weights_an
 
 
 @requires_fmnist
-@pytest.mark.parametrize("case", ["no_records", "extractor_missing", "other_data"])
+@pytest.mark.parametrize("case", ["no_records", "extractor_missing", "other_data", "set_budget"])
 def test_reproduce_refuses_what_it_cannot_rebuild_before_training(sweeps, tmp_path, case, capsys):
     from genbench.reproduce import main
 
@@ -392,6 +392,8 @@ def test_reproduce_refuses_what_it_cannot_rebuild_before_training(sweeps, tmp_pa
     elif case == "extractor_missing":
         score["metrics_config"]["extractor_weights"] = str(tmp_path / "gone.pt")
         words = ["gone.pt", "not a file"]
+    elif case == "set_budget":  # a deliberate change may not touch what the record fixes
+        words = ["--set budget.max_steps=9", "not budget"]
     else:  # the reference data here is not the data the score was made against
         score["protocol"] = score["protocol"][:-8] + "00000000"
         score["protocol_fields"]["reference"] = "fashion_mnist-0000000000000000-test/test@28px"
@@ -399,8 +401,27 @@ def test_reproduce_refuses_what_it_cannot_rebuild_before_training(sweeps, tmp_pa
     if case != "no_records":
         score_file.write_text(json.dumps(score))
     with pytest.raises(SystemExit) as exit_info:  # in-process: the command's own main, without a new interpreter
-        main([str(results), "--out", str(tmp_path / "again")])
+        main([str(results), "--out", str(tmp_path / "again"), *(["--set", "budget.max_steps=9"] if case == "set_budget" else [])])
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("genbench: error:"), lines
     assert all(word in lines[0] for word in words), lines[0]
     assert not (tmp_path / "again").exists()  # refused before any run was trained
+
+
+def test_committed_results_name_no_folder_of_the_machine_that_made_them():
+    """A reviewer's clone has no /work/main or /tmp/exp: results name sweeps relative to the repository or by name."""
+    machine = re.compile(r'"(/(?:work|tmp|root|home|Users)/[^"]*)"')
+    for path in sorted((REPO / "results").rglob("*")):
+        if path.suffix in (".json", ".md", ".csv", ".yaml", ".tex"):
+            found = machine.findall(path.read_text(errors="replace"))
+            assert not found, f"{path.relative_to(REPO)} names {found[:3]}"
+
+
+@pytest.mark.parametrize("budget, words", [({"max_flops": "7T", "max_steps": None}, "7T training FLOPs (counted"),
+                                           ({"max_flops": 2e13}, "20T training FLOPs"),
+                                           ({"max_minutes": 1.5}, "1.5 minutes of training (wall-clock"),
+                                           ({"max_images": 40000}, "40,000 training images")])  # fmt: skip
+def test_a_tables_caption_says_its_budget_and_whether_it_travels(budget, words):
+    from genbench.report.tables import budget_text
+
+    assert words in budget_text(budget)

@@ -76,8 +76,9 @@ def read_results(results: Path) -> list[Recorded]:
     return runs
 
 
-def local_config(recorded: Recorded, out: Path) -> DictConfig:
-    """The run's training config with this machine's folders, into ``out/<name>``, to the steps it recorded."""
+def local_config(recorded: Recorded, out: Path, changes: list[str] = ()) -> DictConfig:
+    """The run's training config with this machine's folders, into ``out/<name>``, to the steps it recorded, with
+    ``changes`` (``KEY=VALUE``, ``--set``) applied: a deliberate difference, such as another precision."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -97,7 +98,20 @@ def local_config(recorded: Recorded, out: Path) -> DictConfig:
         cfg.budget = {key: None for key in here.budget} | {"max_steps": int(recorded.record["steps"])}
         cfg.evaluate = False  # scored below, under every recorded protocol
         cfg.resume = "auto"  # a reproduction stopped halfway continues where it was
+    for change in changes:
+        key, _, value = change.partition("=")
+        if not value or key.split(".")[0] in ("budget", "paths", "seed") or OmegaConf.select(cfg, key) is None:
+            raise GenbenchError(f"--set {change}: expected KEY=VALUE for a key the runs' configs have "
+                                "(not budget.*, paths.* or seed, which a reproduction takes from the record)")  # fmt: skip
+        OmegaConf.update(cfg, key, OmegaConf.create({"v": value}).v if value.startswith(("[", "{")) else _scalar(value))
     return cfg
+
+
+def _scalar(text: str):
+    """A ``--set`` value as YAML reads it (``32-true`` stays text, ``0.5`` is a float, ``true`` a bool)."""
+    import yaml
+
+    return yaml.safe_load(text)
 
 
 def check_protocols(recorded: Recorded, cfg: DictConfig) -> list:
@@ -191,7 +205,7 @@ def print_cells(cells: list[dict]) -> None:
           ("" if not differ else f"; {len(differ)} differ (see 'difference' against the seeds' spread)"))  # fmt: skip
 
 
-def reproduce(results: Path, out: Path, only: list[str] | None = None) -> list[dict]:
+def reproduce(results: Path, out: Path, only: list[str] | None = None, changes: list[str] = ()) -> list[dict]:
     from genbench.files import check_writable, write_json
     from genbench.train import preflight
 
@@ -199,7 +213,7 @@ def reproduce(results: Path, out: Path, only: list[str] | None = None) -> list[d
     if not runs:
         raise GenbenchError(f"no run of {results} is named or of a family in {only}")
     check_writable(out if out.exists() else out.parent)
-    configs = {run.name: local_config(run, out) for run in runs}
+    configs = {run.name: local_config(run, out, changes) for run in runs}
     plans = {}
     for run in runs:  # everything that could stop it, before the first run trains
         preflight(configs[run.name])
@@ -207,7 +221,9 @@ def reproduce(results: Path, out: Path, only: list[str] | None = None) -> list[d
     reproduced = {run.name: retrain_and_rescore(run, configs[run.name], plans[run.name]) for run in runs}
     cells = compare(runs, reproduced)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "reproduce.json", {"results": str(results), "cells": cells})
+    write_json(out / "reproduce.json", {"results": str(results), "changed": list(changes), "cells": cells})
+    if changes:
+        print(f"reproduced with deliberate changes: {' '.join(changes)}")
     print_cells(cells)
     print(f"wrote {out / 'reproduce.json'}")
     return cells
@@ -219,12 +235,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="where the reproduced runs go (default runs/reproduce/<results folder name>)")
     parser.add_argument("--only", nargs="+", default=None, help="run folder names or families to reproduce")
+    parser.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a training setting on purpose, e.g. hardware.precision=32-true, to measure "
+                             "what it moves (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
     # the log on stdout, as the other commands' (conf/hydra/job_logging/stdout.yaml): stderr has the error line alone
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     out = args.out or Path("runs") / "reproduce" / args.results.resolve().name
     try:
-        reproduce(args.results, out, args.only)
+        reproduce(args.results, out, args.only, args.changes)
     except GenbenchError as exc:
         print(f"genbench: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

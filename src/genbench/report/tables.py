@@ -195,13 +195,14 @@ def caption(table: Table) -> str:
 
 def budget_text(budget: dict | None) -> str | None:
     """run.json's budget in words, saying whether it means the same work on another machine."""
+    from genbench.schema.types import parse_flops
     from genbench.training.flops import si_flops
 
     chosen = {k: v for k, v in (budget or {}).items() if v is not None}
     if len(chosen) != 1:
         return None
     key, value = next(iter(chosen.items()))
-    return {"max_flops": lambda: f"{si_flops(float(value))} training FLOPs (counted: the same work on any machine)",
+    return {"max_flops": lambda: f"{si_flops(float(parse_flops(value)))} training FLOPs (counted: the same work on any machine)",
             "max_images": lambda: f"{value:,} training images (the same work on any machine)",
             "max_steps": lambda: f"{value:,} steps (the same work on any machine)",
             "max_minutes": lambda: f"{value:g} minutes of training (wall-clock: a faster or less busy machine trains "
