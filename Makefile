@@ -51,7 +51,7 @@ run: setup ## train every family (conf/model/) under one budget, evaluate, write
 # `make reproduce RESULTS=results/other_sweep` for another results folder
 RESULTS ?= results/fashion_mnist_default
 
-reproduce: setup ## retrain and rescore every run of $(RESULTS) from its own records; recorded vs reproduced per cell
+reproduce: setup ## retrain and rescore results/fashion_mnist_default (or RESULTS=DIR) from its own records, cell by cell
 	$(PY) -m genbench.reproduce $(RESULTS)
 
 test: setup ## the whole test suite (what CI runs)
