@@ -29,6 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genbench.errors import GenbenchError
@@ -103,15 +104,8 @@ def local_config(recorded: Recorded, out: Path, changes: list[str] = ()) -> Dict
         if not value or key.split(".")[0] in ("budget", "paths", "seed") or OmegaConf.select(cfg, key) is None:
             raise GenbenchError(f"--set {change}: expected KEY=VALUE for a key the runs' configs have "
                                 "(not budget.*, paths.* or seed, which a reproduction takes from the record)")  # fmt: skip
-        OmegaConf.update(cfg, key, OmegaConf.create({"v": value}).v if value.startswith(("[", "{")) else _scalar(value))
+        OmegaConf.update(cfg, key, yaml.safe_load(value))  # as YAML reads it: 32-true text, 0.5 float, [1, 2] list
     return cfg
-
-
-def _scalar(text: str):
-    """A ``--set`` value as YAML reads it (``32-true`` stays text, ``0.5`` is a float, ``true`` a bool)."""
-    import yaml
-
-    return yaml.safe_load(text)
 
 
 def check_protocols(recorded: Recorded, cfg: DictConfig) -> list:

@@ -128,6 +128,11 @@ def sample(cfg: DictConfig) -> Path:
 # ---------------------------------------------------------------- image prompts --------------------------------------
 
 
+def strength(cfg: DictConfig) -> float:
+    """``strength=``, or halfway (0.5) when an image prompt leaves it out."""
+    return 0.5 if cfg.strength is None else float(cfg.strength)
+
+
 def read_prompts(model, cfg: DictConfig, run_cfg: DictConfig):
     """The prompt images at the model's shape, after checking the model can take them (before any work)."""
     from genbench.prompts import read_prompt_images
@@ -146,23 +151,21 @@ def prompt_batch(model, cfg: DictConfig, prompts, start: int, size: int, labels,
     """Outputs ``start`` to ``start + size - 1``: output i follows prompt image i mod the number of images."""
     index = torch.arange(start, start + size) % len(prompts.names)
     extra = {"inversion": dict(cfg.inversion)} if model.inverts_images else {}
-    strength = 0.5 if cfg.strength is None else float(cfg.strength)
-    return model.from_images(prompts.as_model_input()[index], strength, labels=labels, generator=noise,
+    return model.from_images(prompts.as_model_input()[index], strength(cfg), labels=labels, generator=noise,
                              progress=True, **(settings or {}), **extra)  # fmt: skip
 
 
 def prompt_provenance(cfg: DictConfig, prompts, records, n: int) -> list[dict]:
     """Per output: its prompt image's name and sha256, the strength and what the model's reconstruction missed."""
     errors = torch.cat([r.reconstruction_rmse.cpu() for r in records])
-    strength = 0.5 if cfg.strength is None else float(cfg.strength)
     count = len(prompts.names)
     return [{"prompt_image": prompts.names[i % count], "prompt_image_sha256": prompts.sha256[i % count],
-             "strength": strength, "reconstruction_rmse": f"{float(errors[i]):.5f}"} for i in range(n)]  # fmt: skip
+             "strength": strength(cfg), "reconstruction_rmse": f"{float(errors[i]):.5f}"} for i in range(n)]  # fmt: skip
 
 
 def prompt_summary(cfg: DictConfig, records) -> dict:
     errors = torch.cat([r.reconstruction_rmse.cpu() for r in records])
-    summary = {"image": str(cfg.image), "strength": 0.5 if cfg.strength is None else float(cfg.strength),
+    summary = {"image": str(cfg.image), "strength": strength(cfg),
                "reconstruction_rmse": round(float(errors.mean()), 5)}  # fmt: skip
     record = {k: v for k, v in records[0].record.items() if k not in ("inversion_loss", "image_classes", "nfe")}
     if "inversion_loss" in records[0].record:
