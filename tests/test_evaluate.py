@@ -36,6 +36,7 @@ def work(tmp_path_factory, fmnist) -> Path:
     rng = np.random.default_rng(0)
     np.savez(root / "fake.npz", images=rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8))
     np.savez(root / "real.npz", images=rng.integers(0, 256, (80, 28, 28), dtype=np.uint8))
+    np.savez(root / "test300.npz", images=images[:N])
     for family in FAMILIES:
         train_run(root / family, family, "budget.max_steps=2")
     train_run(root / "own", "diffusion", "budget.max_steps=2", *OWN)
@@ -62,6 +63,11 @@ BAD = {
     "out_existing_dir": ("evaluate", ["{diffusion}", "out={work}"], ["is a folder"]),
     "out_other_protocol": ("evaluate", ["{own}", "out={work}/again.json"], ["already holds", "protocol"]),
     "samples_with_sampler": ("evaluate", ["samples={work}/pngs", "sampler.steps=3"], ["sampler"]),
+    "extractors_twice": ("evaluate", ["{diffusion}", "metrics.extractors=[fmnist_ssl,fmnist_ssl]"], ["twice"]),
+    "extractors_out": ("evaluate", ["{diffusion}", "metrics.extractors=[fmnist_classifier,fmnist_ssl]",
+                                    "out={work}/two.json"], ["out=FILE.json holds one score"]),
+    "extractors_unknown": ("evaluate", ["{diffusion}", "metrics.extractors=[fmnist_classifier,bogus]"],
+                           ["metrics.extractor='bogus'"]),
     "train_bogus_extractor": ("train", ["model=gan", "evaluate=true", "metrics.extractor=bogus", "paths.runs_dir={work}/runs",
                                         "name=bogus"], ["metrics.extractor='bogus'"]),  # fmt: skip
 }
@@ -84,6 +90,8 @@ def results(work) -> dict:
         # batch size is no part of a protocol; out=: the own score's file keeps the first record, for comparison
         "own_batch7": [runs["own"], "metrics.batch_size=7", f"out={work / 'own_batch7.json'}"],
         "own_rescore": [runs["own"], "metrics.n_samples=50"],
+        "two_extractors": [f"samples={work / 'test300.npz'}", "data=fashion_mnist", f"metrics.n_samples={N}", "data.subset=2000", *FAST,
+                           "metrics.extractors=[fmnist_classifier,fmnist_ssl]"],
     }  # fmt: skip
     jobs = {name: ("evaluate", args) for name, args in jobs.items()}
     fill = {**runs, "work": str(work)}
@@ -215,3 +223,21 @@ def test_inception_offline_without_weights_is_a_contract_error(results, work):
     last = result.stderr.strip().splitlines()[-1]  # after the log lines of the work done before it
     assert last.startswith("genbench: error:") and "metrics.inception_weights" in last
     assert result.stdout == ""
+
+
+def test_several_extractors_score_the_same_images_one_protocol_and_file_each(results, work):
+    result = results["two_extractors"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = {p.stem: json.loads(p.read_text()) for p in (work / "test300.metrics").glob("*.json")}
+    by_extractor = {record["extractor"]: record for record in scores.values()}
+    assert set(by_extractor) == {"fmnist_classifier", "fmnist_ssl"} and len(scores) == 2
+    classifier, ssl = by_extractor["fmnist_classifier"], by_extractor["fmnist_ssl"]
+    assert classifier["protocol"].startswith(f"fmnist_classifier-n{N}-") and ssl["protocol"].startswith(f"fmnist_ssl-n{N}-")
+    assert ssl["extractor_sha256"] != classifier["extractor_sha256"] and ssl["is_mean"] is None
+    for key in ("fid", "fid_inf", "kid_mean", "precision", "recall", "density", "coverage", "memorization"):
+        assert isinstance(ssl[key], float), key
+    # the classifier's score is the one a single-extractor evaluation of the same images gives
+    assert classifier["fid"] == pytest.approx(_record(results["pngs"])["fid"], rel=1e-6)
+    printed = result.stdout.split("protocol ")[1:]
+    assert [block.split(":")[0] for block in printed] == [classifier["protocol"], ssl["protocol"]]
+    assert "fmnist_ssl features" in printed[1] and "IS n/a" in printed[1]

@@ -106,12 +106,14 @@ def test_quiet_lightning_silences_only_the_irrelevant():
 
 def test_evaluate_summary_is_short_and_names_scores_and_files(tmp_path):
     record = {"protocol": "fmnist_classifier-n100-aeeb365c", "n_fake": 100, "n_real": 1000, "fid": 12.3456,
-              "kid_mean": 0.01234, "kid_std": 0.00056, "is_mean": 5.4321, "is_std": 0.123, "precision": 0.8123,
-              "recall": 0.7, "memorization": None, "protocol_fields": {"x": "y" * 2000}}  # fmt: skip
+              "fid_inf": 11.02, "kid_mean": 0.01234, "kid_std": 0.00056, "is_mean": 5.4321, "is_std": 0.123,
+              "precision": 0.8123, "recall": 0.7, "density": 0.91, "coverage": 0.655, "memorization": None,
+              "extractor": "fmnist_classifier", "protocol_fields": {"x": "y" * 2000}}  # fmt: skip
     lines = score_summary(record, [tmp_path / "a b.json", tmp_path / "metrics.json"]).splitlines()
     assert lines == [
-        "protocol fmnist_classifier-n100-aeeb365c: 100 generated against 1000 real images",
-        "FID 12.35 · KID 0.0123 ± 0.0006 · IS 5.43 ± 0.12 · precision 0.812 · recall 0.700 · memorization n/a",
+        "protocol fmnist_classifier-n100-aeeb365c: 100 generated against 1000 real images, fmnist_classifier features",
+        "FID 12.35 · FID∞ 11.02 · KID 0.0123 ± 0.0006 · IS 5.43 ± 0.12 · precision 0.812 · recall 0.700 · "
+        "density 0.910 · coverage 0.655 · memorization n/a",
         f"wrote {tmp_path / 'a b.json'}",
         f"wrote {tmp_path / 'metrics.json'}",
     ]

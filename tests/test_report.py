@@ -64,8 +64,13 @@ def test_two_family_two_seed_sweep_reports_mean_std_with_n2(sweeps):
     result = sweeps["good_report"]
     assert result.returncode == 0, result.stderr[-3000:]
     out = sweeps["out"] / "smoke"
-    groups = {row["family"]: row for row in _rows(out / "table.csv")}
-    assert set(groups) == {"gan", "vae"}
+    tables = {}  # experiment=smoke scores with metrics.extractors=[fmnist_classifier, fmnist_ssl]: a table each
+    for row in _rows(out / "table.csv"):
+        tables.setdefault(row["extractor"], {})[row["family"]] = row
+    assert list(tables) == ["fmnist_classifier", "fmnist_ssl"]
+    groups = tables["fmnist_classifier"]
+    assert set(groups) == {"gan", "vae"} == set(tables["fmnist_ssl"])
+    assert all(row["table"] == "2" and row["is_mean"] == "" and row["fid_mean"] for row in tables["fmnist_ssl"].values())
     for row in groups.values():
         assert row["n"] == "2" and row["seeds"] == "0 1"
         assert row["images_seen_n"] == "2" and row["fid_n"] == "2" and row["img_per_s_std"] != ""
@@ -99,7 +104,10 @@ def test_two_family_two_seed_sweep_reports_mean_std_with_n2(sweeps):
     assert {"samples_gan.png", "samples_vae.pdf", "vae_interpolation.png", "throughput.pdf"} <= figures
     assert not [p for p in out.rglob(".*tmp*")], "temporary files left behind"
     stamp = json.loads((out / "report.json").read_text())
-    assert stamp["run_git_commits"] and stamp["hardware"] and len(stamp["groups"]) == 2
+    assert stamp["run_git_commits"] and stamp["hardware"] and len(stamp["groups"]) == 4
+    [agreement] = stamp["rank_agreement"]  # two rows: τ is 1 or -1, and the captions say which
+    assert agreement["tables"] == [1, 2] and agreement["rows"] == 2 and abs(agreement["kendall_tau"]["FID"]) == 1
+    assert ("The rankings disagree" in markdown) == bool(agreement["disagree"]) and "Kendall τ over 2 rows" in markdown
     # no folder of the machine that made it (issue 21): the sweep by its name, as it lies outside the working dir
     assert stamp["sweep"] == "smoke" and str(sweeps["root"]) not in (out / "report.json").read_text()
 
@@ -425,3 +433,43 @@ def test_a_tables_caption_says_its_budget_and_whether_it_travels(budget, words):
     from genbench.report.tables import budget_text
 
     assert words in budget_text(budget)
+
+
+def _two_extractor_runs(tmp_path: Path, fids: dict[str, tuple[float, float]]) -> list[Run]:
+    """One run per family scored under both extractors (metrics.extractors), its FID under each given."""
+    from genbench.metrics import MetricsConfig
+    from genbench.metrics.protocol import make_protocol, protocol_fields
+
+    runs = []
+    for family, values in fids.items():
+        scores = []
+        for extractor, fid, has_is in zip(("fmnist_classifier", "fmnist_ssl"), values, (True, False)):
+            fields = protocol_fields(MetricsConfig(), extractor, extractor[0] * 64, "fmnist/test@28px", 10000, 1000,
+                                     None, has_is, True)  # fmt: skip
+            protocol = make_protocol(fields)
+            score = _metrics(fid, extractor=extractor) | {"protocol": protocol.id, "scoring_protocol": protocol.scoring_id,
+                                                          "protocol_fields": fields, "kid_mean": fid / 1000}  # fmt: skip
+            scores.append(score | ({} if has_is else {"is_mean": None}))
+        run = _run(tmp_path, family, 0, metrics=scores[0])
+        run.scores = scores
+        runs.append(run)
+    assign_settings(runs)
+    return runs
+
+
+def test_a_table_per_extractor_with_kendall_tau_and_a_flag_where_rankings_disagree(tmp_path):
+    agree = build_summary(_two_extractor_runs(tmp_path, {"gan": (5, 50), "vae": (15, 70), "diffusion": (10, 60)}), [])
+    first, second = agree.tables
+    assert [t.runs[0].metrics["extractor"] for t in agree.tables] == ["fmnist_classifier", "fmnist_ssl"]
+    [pair] = agree.agreements
+    assert pair.tables == (1, 2) and pair.rows == 3 and pair.tau["FID"] == 1.0 and pair.tau["KID"] == 1.0
+    assert "IS" not in pair.tau  # the label-free extractor has no class posterior: nothing to rank by
+    assert pair.disagree == [] and "The rankings agree" in first.caption and "Table 2 (fmnist_ssl" in first.caption
+    swapped = build_summary(_two_extractor_runs(tmp_path, {"gan": (5, 70), "vae": (15, 50), "diffusion": (10, 60)}), [])
+    [pair] = swapped.agreements
+    assert pair.tau["FID"] == pytest.approx(-1.0) and pair.disagree == ["FID", "KID"]
+    for table in swapped.tables:  # the flag is in both captions, in Markdown and LaTeX
+        assert "**The rankings disagree** on FID, KID" in table.caption
+    assert "The rankings disagree" in to_latex(swapped) and "The rankings disagree" in to_markdown(swapped)
+    one = build_summary(_two_extractor_runs(tmp_path, {"gan": (5, 70)})[:1], [])
+    assert one.agreements[0].tau["FID"] is None  # one row ranks nothing: n/a, not agreement

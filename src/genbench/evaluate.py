@@ -7,7 +7,9 @@ A checkpoint is scored under its run's own protocol (the ``metrics.*`` and ``sam
 unless the command line overrides keys. The protocol id is logged before any sampling; the score goes to
 ``RUN/metrics/<protocol>.json``, and to ``RUN/metrics.json`` too when it is the run's own protocol (see
 :mod:`genbench.metrics.store`). Bare images go to ``FOLDER/metrics/<protocol>.json`` or ``X.metrics/<protocol>.json``.
-``out=FILE.json`` writes there instead (never over another protocol's score). Prints a short summary on stdout (the
+``out=FILE.json`` writes there instead (never over another protocol's score). ``metrics.extractors=[A, B]`` scores
+the same images under each extractor, one protocol and one file each (the first is the run's own); ``out=`` then
+does not apply. Prints a short summary on stdout (the
 protocol, the main scores, the files written: :mod:`genbench.metrics.summary`); the full record is in the file.
 Logs and progress go to stderr.
 """
@@ -23,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from genbench.cli import hydra_entry
 from genbench.errors import GenbenchError
 from genbench.schema import check_config
-from genbench.metrics import MetricsConfig, images_from_datamodule, images_from_path, plan_evaluation, score_images
+from genbench.metrics import MetricsConfig, images_from_datamodule, images_from_path, plan_evaluations, score_images
 from genbench.metrics.store import check_destination, check_store, score_dir, write_score
 from genbench.files import check_writable, write_json
 from genbench.metrics.summary import score_summary
@@ -47,9 +49,18 @@ def _data_overrides() -> DictConfig:
     return OmegaConf.from_dotlist(dotlist).get("data", OmegaConf.create({}))
 
 
-def from_checkpoint(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
-    """The record, the run folder it belongs to, and whether it is the run's own protocol."""
-    from genbench.metrics import plan_model_evaluation, run_model_evaluation
+def check_one_score(config: MetricsConfig) -> None:
+    """``out=FILE.json`` holds one score: refused with several extractors (a run's own or the command's)."""
+    if len(config.extractor_names()) > 1:
+        raise GenbenchError(f"out=FILE.json holds one score, and metrics.extractors={config.extractors} asks for one "
+                            "per extractor: drop out= (each goes to its protocol's file) or set metrics.extractors=null "
+                            "metrics.extractor=NAME")  # fmt: skip
+
+
+def from_checkpoint(cfg: DictConfig, out: Path | None) -> tuple[list[dict], Path, bool]:
+    """The records (one per extractor), the run folder they belong to, and whether the first is the run's own
+    protocol."""
+    from genbench.metrics import plan_model_evaluations, run_model_evaluations
     from genbench.metrics.settings import is_own_protocol, metrics_for_run, sampler_for_run
     from genbench.models import load_checkpoint
 
@@ -61,25 +72,29 @@ def from_checkpoint(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool
     # a checkpoint put into another run's folder would be scored into that run's metrics/
     check_checkpoint_belongs(ckpt, OmegaConf.to_container(run_cfg), run_dir)
     config = metrics_for_run(run_cfg.get("metrics"), cfg.metrics)
+    if out is not None:
+        check_one_score(config)
     settings = sampler_for_run(model, run_cfg.get("sampler"), cfg.sampler)
     own = is_own_protocol(model, run_cfg, config, settings)
     data_cfg = OmegaConf.merge(run_cfg.data, _data_overrides())  # the data the model was trained on
     log.info("checkpoint %s: %s model, data %s", ckpt, model.family, data_cfg.get("source"))
-    plan = plan_model_evaluation(model, config, _datamodule(data_cfg), settings)
-    protocol = plan.protocol.id
-    where = out or score_dir(run_dir) / f"{protocol}.json"
-    if out is not None:
-        check_destination(out, protocol)
-    log.info("protocol %s (%s), the score will go to %s", protocol,
-             "the run's own: also metrics.json" if own else "not the run's own: metrics.json is left as it is",
-             where)  # fmt: skip
-    record = run_model_evaluation(model, plan)
-    record.update(ckpt=str(ckpt), checkpoint_sha256=getattr(model, "checkpoint_sha256", None))
-    return record, run_dir, own
+    plans = plan_model_evaluations(model, config, _datamodule(data_cfg), settings)
+    for i, plan in enumerate(plans):
+        protocol = plan.protocol.id
+        if out is not None:
+            check_destination(out, protocol)
+        where = out or score_dir(run_dir) / f"{protocol}.json"
+        whose = "the run's own: also metrics.json" if own and i == 0 else "not the run's own: metrics.json is left as it is"
+        log.info("protocol %s (%s), the score will go to %s", protocol, whose, where)
+    records = run_model_evaluations(model, plans)
+    for record in records:
+        record.update(ckpt=str(ckpt), checkpoint_sha256=getattr(model, "checkpoint_sha256", None))
+    return records, run_dir, own
 
 
-def from_samples(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
-    """The record of bare images, their folder or .npz, and False (they have no protocol of their own)."""
+def from_samples(cfg: DictConfig, out: Path | None) -> tuple[list[dict], Path, bool]:
+    """The records of bare images (one per extractor), their folder or .npz, and False (they have no protocol of
+    their own)."""
     from genbench.imageio import check_not_constant, load_images
     from genbench.metrics.settings import given
 
@@ -99,11 +114,11 @@ def from_samples(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
                     config.n_samples)  # fmt: skip
     if cfg.reference is not None:
         # No training set is known for bare images, so memorization stays null.
-        plan = plan_evaluation(config, images_from_path(cfg.reference), len(fake), fake_shape=fake.shape[1:],
-                               fake_conversions=conversions)  # fmt: skip
+        plans = plan_evaluations(config, images_from_path(cfg.reference), len(fake), fake_shape=fake.shape[1:],
+                                 fake_conversions=conversions)  # fmt: skip
     else:
         datamodule = _datamodule(cfg.data)
-        plan = plan_evaluation(
+        plans = plan_evaluations(
             config,
             images_from_datamodule(datamodule, config.reference_split, config.n_reference),
             len(fake),
@@ -112,12 +127,11 @@ def from_samples(cfg: DictConfig, out: Path | None) -> tuple[dict, Path, bool]:
             fake_shape=fake.shape[1:],
             fake_conversions=conversions,
         )
-    protocol = plan.protocol.id
-    if out is not None:
-        check_destination(out, protocol)
-    log.info("protocol %s, the score will go to %s", protocol, out or score_dir(samples) / f"{protocol}.json")
-    record = score_images(plan, fake) | {"samples": str(samples)}
-    return record, samples, False
+    for plan in plans:
+        if out is not None:
+            check_destination(out, plan.protocol.id)
+        log.info("protocol %s, the score will go to %s", plan.protocol.id, out or score_dir(samples) / f"{plan.protocol.id}.json")
+    return [score_images(plan, fake) | {"samples": str(samples)} for plan in plans], samples, False
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -131,16 +145,18 @@ def evaluate(cfg: DictConfig) -> dict:
         raise GenbenchError(f"out={cfg.out} is a folder; expected the path of a .json file to write the score to")
     if out is not None:
         check_writable(out.parent)  # an unwritable out= fails before the evaluation, not after it
-    record, target, own = from_checkpoint(cfg, out) if cfg.ckpt is not None else from_samples(cfg, out)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, record)
-        log.info("wrote %s", out)
-        written = [out]
-    else:
-        written = write_score(target, record, own=own)  # logs each file it writes
-    print(score_summary(record, written), flush=True)  # the full record is in the file(s)
-    return record
+        check_one_score(MetricsConfig.from_cfg(cfg.metrics))
+    records, target, own = from_checkpoint(cfg, out) if cfg.ckpt is not None else from_samples(cfg, out)
+    for i, record in enumerate(records):
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_json(out, record)
+            log.info("wrote %s", out)
+            written = [out]
+        else:
+            written = write_score(target, record, own=own and i == 0)  # logs each file it writes
+        print(score_summary(record, written), flush=True)  # the full record is in the file(s)
+    return records[0]
 
 
 main = hydra_entry(evaluate, "eval")

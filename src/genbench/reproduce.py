@@ -135,13 +135,23 @@ def check_protocols(recorded: Recorded, cfg: DictConfig) -> list:
 
 
 def retrain_and_rescore(recorded: Recorded, cfg: DictConfig, plans: list) -> tuple[dict, list[dict]]:
-    from genbench.metrics import run_model_evaluation
+    """Retrain, then rescore under every recorded protocol; protocols that differ only by extractor share one
+    sampling, as they did when the run was scored (``metrics.extractors``)."""
+    from genbench.metrics import run_model_evaluations
     from genbench.models import load_checkpoint
     from genbench.train import train
 
     record = train(cfg)
     model, _ = load_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu")
-    return record, [run_model_evaluation(model, plan) for _, plan in plans]
+    same_images: dict[str, list[int]] = {}
+    for i, (_, plan) in enumerate(plans):
+        key = json.dumps([plan.n_fake, plan.sampler, plan.config.seed], sort_keys=True, default=str)
+        same_images.setdefault(key, []).append(i)
+    scores: list[dict | None] = [None] * len(plans)
+    for indices in same_images.values():
+        for i, score in zip(indices, run_model_evaluations(model, [plans[i][1] for i in indices])):
+            scores[i] = score
+    return record, scores
 
 
 def compare(runs: list[Recorded], reproduced: dict[str, tuple[dict, list[dict]]]) -> list[dict]:

@@ -158,8 +158,24 @@ def finished_record(cfg: DictConfig, run_dir: Path, budget: Budget) -> dict | No
     spent = BudgetCallback(budget)  # the budget's own rule, applied to the run's final counts
     spent.load_state_dict({"steps": record.get("steps", 0), "images": record.get("images_seen", 0),
                            "train_seconds": record.get("train_seconds", 0.0), "flops": record.get("train_flops")})  # fmt: skip
-    scored = not cfg.evaluate or (run_dir / METRICS_JSON).exists()
-    return record if spent.exhausted() and scored else None
+    return record if spent.exhausted() and scored(cfg, run_dir) else None
+
+
+def scored(cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether a completed run holds every score it asks for: metrics.json, and with ``metrics.extractors`` a
+    score of the same number of images under each further extractor (one added later is scored then)."""
+    if not cfg.evaluate:
+        return True
+    if not (run_dir / METRICS_JSON).exists():
+        return False
+    from genbench.metrics.extractors import AUTO, check_name
+    from genbench.metrics.store import read_scores
+
+    config = check_metrics(cfg.metrics)
+    _, scores = read_scores(run_dir)
+    have = {(s.get("extractor"), s.get("n_fake")) for s in scores}
+    wanted = [check_name(name) for name in config.extractor_names()[1:] if name != AUTO]
+    return all((name, config.n_samples) in have for name in wanted)
 
 
 def diverged_message(exc: Diverged, record: dict, run_dir: Path) -> str:
@@ -269,12 +285,16 @@ def fit(cfg: DictConfig, run_dir: Path, budget: Budget, datamodule, folder: RunF
     log.info("%s done: %d steps, %d images, %.1f img/s", model.family, record["steps"], record["images_seen"],
              record["img_per_s"] or 0)  # fmt: skip
     if cfg.evaluate:
-        from genbench.metrics import evaluate_model
+        from genbench.metrics import plan_model_evaluations, run_model_evaluations
 
-        metrics = evaluate_model(model, cfg.metrics, datamodule, sampler)
-        metrics.update(ckpt=str(run_dir / "checkpoints" / "last.ckpt"), checkpoint_sha256=file_sha256(run_dir / "checkpoints" / "last.ckpt"))
-        write_score(run_dir, metrics, own=True)  # metrics.json and metrics/<protocol>.json
-        record["metrics"] = metrics
+        # one score per extractor (metrics.extractors), of one set of samples; the first is the run's own
+        scores = run_model_evaluations(model, plan_model_evaluations(model, cfg.metrics, datamodule, sampler))
+        last = run_dir / "checkpoints" / "last.ckpt"
+        for i, metrics in enumerate(scores):
+            metrics.update(ckpt=str(last), checkpoint_sha256=file_sha256(last))
+            write_score(run_dir, metrics, own=i == 0)  # metrics.json (the first) and metrics/<protocol>.json
+        record["metrics"] = scores[0]
+        record["other_metrics"] = scores[1:]
     if wandb_media is not None:
         wandb_media.finish(record)
     return record

@@ -55,23 +55,30 @@ def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
+def conv_encoder(width: int = 16, feature_dim: int = FEATURE_DIM) -> tuple[nn.Sequential, nn.Sequential]:
+    """``(body, embed)``: the conv stages and the 128-unit feature layer, shared by the classifier and the
+    label-free extractor (:mod:`genbench.metrics.ssl`), so the two feature spaces differ only in how they were trained."""
+    body = nn.Sequential(
+        _conv_bn_relu(1, width),
+        _conv_bn_relu(width, width),
+        nn.MaxPool2d(2),  # 28 -> 14
+        _conv_bn_relu(width, 2 * width),
+        _conv_bn_relu(2 * width, 2 * width),
+        nn.MaxPool2d(2),  # 14 -> 7
+        nn.Flatten(),
+    )
+    embed = nn.Sequential(
+        nn.Linear(2 * width * 7 * 7, feature_dim, bias=False), nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True)
+    )
+    return body, embed
+
+
 class FashionClassifier(nn.Module):
     """CNN on normalised grey 28x28 inputs; ``forward`` returns ``(features, logits)``."""
 
     def __init__(self, width: int = 16, feature_dim: int = FEATURE_DIM, num_classes: int = NUM_CLASSES, dropout: float = 0.3):
         super().__init__()
-        self.body = nn.Sequential(
-            _conv_bn_relu(1, width),
-            _conv_bn_relu(width, width),
-            nn.MaxPool2d(2),  # 28 -> 14
-            _conv_bn_relu(width, 2 * width),
-            _conv_bn_relu(2 * width, 2 * width),
-            nn.MaxPool2d(2),  # 14 -> 7
-            nn.Flatten(),
-        )
-        self.embed = nn.Sequential(
-            nn.Linear(2 * width * 7 * 7, feature_dim, bias=False), nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True)
-        )
+        self.body, self.embed = conv_encoder(width, feature_dim)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(feature_dim, num_classes)
 
@@ -98,21 +105,28 @@ def load_classifier(weights_path: str | Path | None = None, verify: bool = True)
 
     With ``verify`` (the shipped weights only) the sha256 must match the json record beside them.
     """
-    path = Path(weights_path).expanduser() if weights_path else WEIGHTS_PATH
+    return load_network(FashionClassifier, WEIGHTS_PATH, RECORD_PATH, weights_path, verify, "train_classifier")
+
+
+def load_network(cls, shipped: Path, record: Path, weights_path, verify: bool, trainer: str) -> tuple[nn.Module, str]:
+    """A network of class ``cls`` from ``weights_path`` (default: the ``shipped`` file, checked against the sha256
+    in its ``record`` json when ``verify``), in eval mode, and its weights' sha256. ``trainer``: the module of
+    ``genbench.metrics`` that trains it, named in the error when the file is missing."""
+    path = Path(weights_path).expanduser() if weights_path else shipped
     if not path.is_file():
         raise GenbenchError(
-            f"classifier weights {path} not found "
-            "(train them with `python -m genbench.metrics.train_classifier` or reinstall genbench)"
+            f"extractor weights {path} not found "
+            f"(train them with `python -m genbench.metrics.{trainer}` or reinstall genbench)"
         )
     sha = sha256_file(path)
     if verify and weights_path is None:
-        expected = read_record().get("sha256")
+        expected = read_record(record).get("sha256")
         if expected != sha:
-            raise GenbenchError(f"{path} has sha256 {sha}, but {RECORD_PATH.name} records {expected}: the weights are corrupt")
+            raise GenbenchError(f"{path} has sha256 {sha}, but {record.name} records {expected}: the weights are corrupt")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        model = FashionClassifier(**payload.get("arch", {}))
+        model = cls(**payload.get("arch", {}))
         model.load_state_dict({k: v.float() for k, v in payload["state_dict"].items()})
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
-        raise GenbenchError(f"cannot load classifier weights {path}: {exc}") from exc
+        raise GenbenchError(f"cannot load extractor weights {path}: {exc}") from exc
     return model.eval(), sha

@@ -46,7 +46,10 @@ class MetricsConfig(Metrics):
     def check(self) -> "MetricsConfig":
         from genbench.metrics.extractors import check_name
 
-        check_name(self.extractor)
+        for name in self.extractor_names():
+            check_name(name)
+        if self.extractors:
+            self.extractor = self.extractors[0]  # the run's own, and the one FID-during-training curves use
         for key in ("inception_weights", "extractor_weights"):
             path = getattr(self, key)
             if path is not None and not Path(path).expanduser().is_file():
@@ -56,6 +59,14 @@ class MetricsConfig(Metrics):
             raise GenbenchError(f"metrics.cache_dir={self.cache_dir} is a file; expected a folder for cached features")
         self.torch_device()
         return self
+
+    def extractor_names(self) -> list[str]:
+        """The extractors a score is made with: ``metrics.extractors``, else ``metrics.extractor`` alone."""
+        return list(self.extractors) if self.extractors else [self.extractor]
+
+    def for_extractor(self, name: str) -> "MetricsConfig":
+        """These settings with one extractor: what one protocol (one score file) is made under."""
+        return self.model_copy(update={"extractor": name, "extractors": None})
 
     def compile_sampling(self, n: int | None = None) -> bool:
         """Whether sampling ``n`` images through a sampler (default ``n_samples``) runs through ``torch.compile``.

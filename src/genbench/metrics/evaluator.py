@@ -332,6 +332,12 @@ def evaluate_images(
     return score_images(plan, fake, progress)
 
 
+def plan_evaluations(cfg_metrics: MetricsConfig | DictConfig | dict | None, reference, n_fake: int, **kwargs) -> list[Plan]:
+    """:func:`plan_evaluation` once per extractor of ``metrics.extractors`` (or ``metrics.extractor``), in order."""
+    config = MetricsConfig.from_cfg(cfg_metrics)
+    return [plan_evaluation(config.for_extractor(name), reference, n_fake, **kwargs) for name in config.extractor_names()]
+
+
 def model_sampler(model, sampler: DictConfig | dict | None) -> dict | None:
     """The settings ``model`` samples with (:func:`genbench.sampling.sampler_settings`)."""
     from genbench.sampling import sampler_settings
@@ -419,29 +425,48 @@ def plan_model_evaluation(model, cfg_metrics, datamodule, sampler: DictConfig | 
     )
 
 
+def plan_model_evaluations(model, cfg_metrics, datamodule, sampler: DictConfig | dict | None = None) -> list[Plan]:
+    """One plan per extractor of ``metrics.extractors`` (``metrics.extractor`` alone when it is null), in its order:
+    the first is the run's own protocol. Every plan scores the same images, so they are sampled once."""
+    config = MetricsConfig.from_cfg(cfg_metrics)
+    return [plan_model_evaluation(model, config.for_extractor(name), datamodule, sampler)
+            for name in config.extractor_names()]  # fmt: skip
+
+
 def run_model_evaluation(model, plan: Plan) -> dict:
     """Sample ``plan.n_fake`` images from ``model`` and score them under ``plan``."""
+    return run_model_evaluations(model, [plan])[0]
+
+
+def run_model_evaluations(model, plans: list[Plan]) -> list[dict]:
+    """Sample ``n_fake`` images from ``model`` once and score them under each plan (plans differ only by extractor:
+    :func:`plan_model_evaluations`); one record per plan, in order."""
+    plan = plans[0]
+    if any(p.n_fake != plan.n_fake or p.sampler != plan.sampler or p.config.seed != plan.config.seed for p in plans):
+        raise ValueError("plans scored on one set of samples must agree on n_fake, sampler and seed")
     device = plan.config.torch_device()
     model = model.to(device).eval()
-    log.info("protocol %s: sampling %d images from the %s model (sampler %s) on %s", plan.protocol.id, plan.n_fake,
-             model.family, plan.sampler or "none: one pass", device)  # fmt: skip
+    log.info("protocol %s: sampling %d images from the %s model (sampler %s) on %s", ", ".join(p.protocol.id for p in plans),
+             plan.n_fake, model.family, plan.sampler or "none: one pass", device)  # fmt: skip
     timings = {}
     with progress_bar() as bar:
         batch = plan.config.sampling_batch(plan.sampler)
         fake, seconds = sample_images(model, plan.n_fake, batch, plan.config.seed, plan.sampler, device, bar,
                                       compile=plan.config.compile_sampling(plan.n_fake), timings=timings)  # fmt: skip
-        record = score_images(plan, fake, bar)
-    record.update(sample_seconds_per_1k=round(seconds / plan.n_fake * 1000, 3), family=model.family, device=str(device),
-                  sampling_batch_size=batch, sampling_compiled="compile_seconds" in timings)  # fmt: skip
-    if record["sampling_compiled"]:  # apart from sample_seconds_per_1k, as training's compile_seconds from its budget
-        record["sampling_compile_seconds"] = round(timings["compile_seconds"], 2)
-    if plan.sampler is not None and model.takes_sampler:
-        record["sampler_nfe"] = model.sampler_nfe(**plan.sampler)
-    # per image, for these sampler settings: one network call times the NFE (plus a latent decode), or one pass
-    record["sample_flops_per_image"] = sampling_flops(model, plan.sampler)
-    return record
+        records = [score_images(p, fake, bar) for p in plans]
+    for record in records:
+        record.update(sample_seconds_per_1k=round(seconds / plan.n_fake * 1000, 3), family=model.family, device=str(device),
+                      sampling_batch_size=batch, sampling_compiled="compile_seconds" in timings)  # fmt: skip
+        if record["sampling_compiled"]:  # apart from sample_seconds_per_1k, as training's compile_seconds from its budget
+            record["sampling_compile_seconds"] = round(timings["compile_seconds"], 2)
+        if plan.sampler is not None and model.takes_sampler:
+            record["sampler_nfe"] = model.sampler_nfe(**plan.sampler)
+        # per image, for these sampler settings: one network call times the NFE (plus a latent decode), or one pass
+        record["sample_flops_per_image"] = sampling_flops(model, plan.sampler)
+    return records
 
 
 def evaluate_model(model, cfg_metrics, datamodule, sampler: DictConfig | dict | None = None) -> dict:
-    """Plan and run the evaluation of ``model`` (see :func:`plan_model_evaluation`)."""
+    """Plan and run the evaluation of ``model`` (see :func:`plan_model_evaluation`) with ``metrics.extractor``, the
+    first of ``metrics.extractors``; :func:`plan_model_evaluations` plans one per extractor."""
     return run_model_evaluation(model, plan_model_evaluation(model, cfg_metrics, datamodule, sampler))

@@ -1,6 +1,7 @@
 """Feature extractors, all built through torch-fidelity's registry.
 
-``fmnist_classifier`` (the shipped Fashion-MNIST CNN) is registered here beside torch-fidelity's own
+``fmnist_classifier`` (the shipped Fashion-MNIST CNN) and ``fmnist_ssl`` (the same network up to its features,
+trained without labels: :mod:`genbench.metrics.ssl`) are registered here beside torch-fidelity's own
 ``inception-v3-compat``, ``dinov2-*`` and ``clip-*``. Every extractor takes uint8 (N, C, H, W) images; sizes are
 adapted inside the extractor (each resizes to its own input size), and grey images are repeated to RGB for the
 extractors that need three channels, identically for generated and real images.
@@ -29,10 +30,13 @@ from torch_fidelity.utils import create_feature_extractor
 
 from genbench.errors import GenbenchError
 from genbench.metrics.classifier import load_classifier, sha256_file, to_grey28
+from genbench.metrics.ssl import load_ssl
 
 log = logging.getLogger(__name__)
 
 FMNIST = "fmnist_classifier"
+FMNIST_SSL = "fmnist_ssl"
+GREY = (FMNIST, FMNIST_SSL)  # extractors that take grey images as they are (to_grey28), not repeated to RGB
 INCEPTION = "inception"
 AUTO = "auto"
 # Short names accepted for metrics.extractor -> torch-fidelity's registry names.
@@ -82,8 +86,46 @@ class FMNISTFeatureExtractor(torch_fidelity.FeatureExtractorBase):
         return torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
 
 
-if FMNIST not in FEATURE_EXTRACTORS_REGISTRY:
-    torch_fidelity.register_feature_extractor(FMNIST, FMNISTFeatureExtractor)
+class FMNISTSSLFeatureExtractor(torch_fidelity.FeatureExtractorBase):
+    """Torch-fidelity wrapper of the shipped label-free encoder (:mod:`genbench.metrics.ssl`).
+
+    One feature layer, ``penultimate`` (128-d, for FID/KID/PRC/memorization). It has no class posterior, so no
+    Inception Score. Inputs as :class:`FMNISTFeatureExtractor`'s.
+    """
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        self.net, self.weights_sha256 = load_ssl(feature_extractor_weights_path)
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x):
+        if not (torch.is_tensor(x) and x.dtype == torch.uint8):
+            raise GenbenchError("the fmnist_ssl extractor expects uint8 images")
+        return (self.net(to_grey28(x)),)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("penultimate",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        if metric == "isc":
+            raise GenbenchError("the fmnist_ssl extractor has no class posterior, so no Inception Score")
+        return "penultimate"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+
+
+for _name, _cls in ((FMNIST, FMNISTFeatureExtractor), (FMNIST_SSL, FMNISTSSLFeatureExtractor)):
+    if _name not in FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor(_name, _cls)
 
 
 def offline() -> bool:
@@ -131,7 +173,7 @@ def check_name(requested: str) -> str:
         return AUTO
     name = ALIASES.get(str(requested), str(requested))
     if name not in FEATURE_EXTRACTORS_REGISTRY:
-        known = sorted({AUTO, FMNIST, *ALIASES, *FEATURE_EXTRACTORS_REGISTRY} - {"vgg16"})
+        known = sorted({AUTO, FMNIST, FMNIST_SSL, *ALIASES, *FEATURE_EXTRACTORS_REGISTRY} - {"vgg16"})
         raise GenbenchError(f"unknown metrics.extractor={requested!r} (expected one of {', '.join(known)})")
     return name
 
@@ -168,7 +210,7 @@ class Extractor:
             )
         if min(images.shape[-2:]) < 8:
             raise GenbenchError(f"images of {tuple(images.shape[-2:])} pixels are too small to score (need at least 8x8)")
-        if self.name != FMNIST and images.shape[1] == 1:
+        if self.name not in GREY and images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return images
 
@@ -246,7 +288,7 @@ def build_extractor(
         if name.startswith("dinov2"):
             raise GenbenchError("torch-fidelity loads DINOv2 only through torch hub: drop metrics.extractor_weights")
     module = _load(name, weights, device)
-    if name == FMNIST:
+    if name in GREY:
         sha = module.weights_sha256
     elif weights is not None:
         sha = sha256_file(Path(weights))

@@ -12,10 +12,13 @@ from pathlib import Path
 # (label, key of the value, key of its spread or None, decimals): the contract's main scores, in the order reported
 SCORES = (
     ("FID", "fid", None, 2),
+    ("FID∞", "fid_inf", None, 2),
     ("KID", "kid_mean", "kid_std", 4),
     ("IS", "is_mean", "is_std", 2),
     ("precision", "precision", None, 3),
     ("recall", "recall", None, 3),
+    ("density", "density", None, 3),
+    ("coverage", "coverage", None, 3),
     ("memorization", "memorization", None, 3),
 )
 
@@ -35,5 +38,5 @@ def score_summary(record: dict, written: list[Path]) -> str:
             value = f"{value} ± {plus}"
         parts.append(f"{label} {value or 'n/a'}")
     lines = [f"protocol {record.get('protocol')}: {record.get('n_fake')} generated against {record.get('n_real')} "
-             f"real images", " · ".join(parts), *(f"wrote {path}" for path in written)]  # fmt: skip
+             f"real images, {record.get('extractor')} features", " · ".join(parts), *(f"wrote {path}" for path in written)]  # fmt: skip
     return "\n".join(lines)

@@ -112,6 +112,8 @@ def stamp(cfg: DictConfig, runs: list[Run], summary: Summary, written: list[Path
         "runs": len(runs),
         "groups": table_rows(summary),
         "not_in_tables": excluded_lines(summary),
+        "rank_agreement": [{"tables": list(a.tables), "extractors": list(a.extractors), "rows": a.rows,
+                            "kendall_tau": a.tau, "disagree": a.disagree} for a in summary.agreements],
         "notes": notes,
         "files": sorted(str(p.relative_to(Path(cfg.out))) for p in written),
     }

@@ -43,6 +43,8 @@ QUANTITIES = (
     Quantity("is", "IS", "is_mean", "metrics", "higher"),
     Quantity("precision", "precision", "precision", "metrics", "higher"),
     Quantity("recall", "recall", "recall", "metrics", "higher"),
+    Quantity("density", "density", "density", "metrics", "higher"),  # records from before density/coverage: –
+    Quantity("coverage", "coverage", "coverage", "metrics", "higher"),
     Quantity("memorization", "memorization", "memorization", "metrics", "lower"),
     Quantity("sample_seconds_per_1k", "sampling s/1k img", "sample_seconds_per_1k", "metrics"),
 )
@@ -107,11 +109,38 @@ class Table:
 
 
 @dataclass
+class Agreement:
+    """How two tables of the same runs under two extractors rank the rows: Kendall's τ per metric."""
+
+    tables: tuple[int, int]  # 1-based table numbers
+    extractors: tuple[str, str]
+    rows: int  # rows present in both tables
+    tau: dict[str, float | None]  # metric header -> τ of the rows' means (None: fewer than 2 rows or all tied)
+
+    @property
+    def disagree(self) -> list[str]:
+        """The metrics whose rankings differ (τ < 1: at least one pair of rows swaps)."""
+        return [name for name, tau in self.tau.items() if tau is not None and tau < 1 - 1e-9]
+
+    def text(self, other: int) -> str:
+        taus = ", ".join(f"{name} {'n/a' if tau is None else f'{tau:.2f}'}" for name, tau in self.tau.items())
+        head = (f"Ranking against Table {other} ({self.extractors[self.tables.index(other)]} features), "
+                f"Kendall τ over {self.rows} rows: {taus}.")  # fmt: skip
+        if self.disagree:
+            return (f"{head} **The rankings disagree** on {', '.join(self.disagree)}: there the order of these rows "
+                    "depends on the feature space.")  # fmt: skip
+        if all(tau is None for tau in self.tau.values()):
+            return f"{head} Too few rows to compare rankings."
+        return f"{head} The rankings agree on every metric both tables have."
+
+
+@dataclass
 class Summary:
     tables: list[Table]
     excluded: list[Run]  # failed, diverged, still running
     missing: list[str]  # sweep jobs with no run.json at all
     notes: list[str] = field(default_factory=list)
+    agreements: list[Agreement] = field(default_factory=list)
 
 
 def entries(run: Run) -> list[Run]:
@@ -138,6 +167,11 @@ def build_summary(runs: list[Run], missing: list[str]) -> Summary:
         table.caption = caption(table)
         tables.append(table)
     summary = Summary(tables, excluded, missing)
+    summary.agreements = rank_agreements(tables)
+    for agreement in summary.agreements:
+        for number in agreement.tables:
+            other = agreement.tables[1 - agreement.tables.index(number)]
+            tables[number - 1].caption += " " + agreement.text(other)
     if len([p for p in by_protocol if p is not None]) > 1:
         summary.notes.append("Scores were made under different evaluation protocols (extractor, reference, sample "
                              "counts or metric settings); each protocol has its own table and none are averaged "
@@ -147,6 +181,49 @@ def build_summary(runs: list[Run], missing: list[str]) -> Summary:
         summary.notes.append(f"{no_metrics} completed run(s) have no score (evaluate=false, or the evaluation "
                              "failed): their metrics show –.")  # fmt: skip
     return summary
+
+
+# Protocol fields that differ between extractors: without them, two tables' scoring protocols evaluate the same way.
+EXTRACTOR_FIELDS = ("extractor", "extractor_sha256", "isc_splits", "sampler")
+
+
+def _same_but_extractor(a: Table, b: Table) -> bool:
+    fields = [(t.runs[0].metrics or {}).get("protocol_fields") for t in (a, b)]
+    if not all(isinstance(f, dict) for f in fields):
+        return False
+    a_rest, b_rest = ({k: v for k, v in f.items() if k not in EXTRACTOR_FIELDS} for f in fields)
+    return a_rest == b_rest and fields[0].get("extractor") != fields[1].get("extractor")
+
+
+def _row_key(group: Group) -> tuple:
+    return group.family, group.setting, group.sampler()
+
+
+def rank_agreements(tables: list[Table]) -> list[Agreement]:
+    """Kendall's τ (scipy) between every two tables that score the same kind of evaluation with different extractors
+    (``metrics.extractors``), per metric both have, over the rows (family, setting, sampler) found in both. τ = 1:
+    the same order; any pair of rows that swaps lowers it."""
+    from scipy.stats import kendalltau
+
+    found = []
+    scored = [(i, t) for i, t in enumerate(tables, 1) if t.protocol is not None]
+    for n, (i, a) in enumerate(scored):
+        for j, b in scored[n + 1 :]:
+            if not _same_but_extractor(a, b):
+                continue
+            rows_a, rows_b = {_row_key(g): g for g in a.groups}, {_row_key(g): g for g in b.groups}
+            shared = [key for key in rows_a if key in rows_b]
+            tau = {}
+            for q in (q for q in QUANTITIES if q.better and q.source == "metrics"):
+                pairs = [(rows_a[k].stat(q).mean, rows_b[k].stat(q).mean) for k in shared]
+                pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+                if not any(rows_a[k].values(q) for k in shared) or not any(rows_b[k].values(q) for k in shared):
+                    continue  # a metric one table lacks (IS: an extractor without a class posterior has none)
+                value = kendalltau(*zip(*pairs)).statistic if len(pairs) >= 2 else float("nan")
+                tau[q.header] = None if not math.isfinite(value) else float(value)
+            extractors = tuple(str((t.runs[0].metrics or {}).get("extractor")) for t in (a, b))
+            found.append(Agreement((i, j), extractors, len(shared), tau))
+    return found
 
 
 def label_rows(table: Table) -> None:
@@ -189,7 +266,8 @@ def caption(table: Table) -> str:
     short = [c[:12] + ("-dirty" if c.endswith("-dirty") else "") for c in commits]
     parts.append(f"Commit{'s' if len(short) > 1 else ''}: {', '.join(short) or 'unknown'}.")
     if table.protocol is not None:
-        parts.append("Best in bold (lower FID, FID∞, KID and memorization; higher IS, precision and recall).")
+        parts.append("Best in bold (lower FID, FID∞, KID and memorization; higher IS, precision, recall, density and "
+                     "coverage).")
     return " ".join(parts)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from annotated_types import Ge
+from annotated_types import Ge, MinLen
 from pydantic import BaseModel, ConfigDict, Strict, model_validator
 
 from genbench.schema.types import (
@@ -105,6 +105,8 @@ class Metrics(Group):
     """``metrics.*``: what enters a score's protocol, and where and how fast it is computed (MACHINE_KEYS)."""
 
     extractor: Text = "auto"
+    # several extractors: each run scored under each, one protocol per extractor; the first is the run's own
+    extractors: Annotated[list[Text], MinLen(1)] | None = None
     inception_weights: PathText | None = None
     extractor_weights: PathText | None = None
     n_samples: PositiveInt = 10000
@@ -122,6 +124,21 @@ class Metrics(Group):
     device: Device = "auto"
     compile: Auto | Flag = "auto"
     cache_dir: PathText | None = None
+
+    @model_validator(mode="after")
+    def _one_extractor_choice(self) -> "Metrics":
+        if self.extractors is None:
+            return self
+        if len(set(self.extractors)) != len(self.extractors):
+            raise ValueError(f"metrics.extractors names an extractor twice: {self.extractors}")
+        if self.extractor not in ("auto", self.extractors[0]):
+            raise ValueError(f"metrics.extractor={self.extractor} and metrics.extractors={self.extractors} disagree: with "
+                             "metrics.extractors, its first entry is the run's own extractor (leave metrics.extractor "
+                             "at auto, or name the same one first)")  # fmt: skip
+        if len(self.extractors) > 1 and self.extractor_weights is not None:
+            raise ValueError("metrics.extractor_weights names one extractor's weights; with several "
+                             "metrics.extractors it would be unclear whose: score with one extractor at a time")  # fmt: skip
+        return self
 
 
 class Run(Group):

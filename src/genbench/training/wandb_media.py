@@ -16,9 +16,10 @@ import pytorch_lightning as pl
 from genbench.files import read_json
 
 log = logging.getLogger(__name__)
-RECORD_KEYS = ("status", "stop_reason", "params", "images_seen", "steps", "train_seconds", "img_per_s", "peak_mem_mb")
-METRIC_KEYS = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "memorization",
-               "sample_seconds_per_1k", "n_fake", "n_real", "extractor")  # fmt: skip
+RECORD_KEYS = ("status", "stop_reason", "params", "images_seen", "steps", "train_seconds", "img_per_s", "peak_mem_mb",
+               "train_flops", "train_flops_per_image")  # fmt: skip
+METRIC_KEYS = ("fid", "fid_inf", "kid_mean", "kid_std", "is_mean", "is_std", "is_inf", "precision", "recall", "density",
+               "coverage", "memorization", "sample_seconds_per_1k", "n_fake", "n_real", "extractor", "protocol")  # fmt: skip
 
 
 def find_wandb_logger(trainer: pl.Trainer):
@@ -99,5 +100,9 @@ class WandbMediaCallback(pl.Callback):
         for key in METRIC_KEYS:
             if metrics and metrics.get(key) is not None:
                 summary[f"eval/{key}"] = metrics[key]
+        for other in record.get("other_metrics") or []:  # metrics.extractors: eval_<extractor>/<key> for the others
+            for key in METRIC_KEYS:
+                if other.get(key) is not None:
+                    summary[f"eval_{other.get('extractor')}/{key}"] = other[key]
         self.finished = True
         self.run.finish()
