@@ -191,14 +191,21 @@ def disturbance_figure(curves: dict, out: Path) -> Path:
 
 
 def examples_figure(images: torch.Tensor, outliers: dict, out: Path) -> Path:
-    rows = [torch.stack([disturb(images[:1], kind, level, outliers, 7)[0] for level in LEVELS]) for kind in DISTURBANCES]
+    """One training image under each disturbance and level; for the mixing rows, images of the set mixed in (a
+    level replaces that share of the 1,000 images, up to half)."""
+    rows = []
+    for kind in DISTURBANCES:
+        if kind in outliers:
+            rows.append(outliers[kind][torch.linspace(0, len(outliers[kind]) - 1, len(LEVELS)).long()])
+        else:
+            rows.append(torch.stack([disturb(images[:1], kind, level, outliers, 7)[0] for level in LEVELS]))
     grid = make_grid(torch.cat(rows), nrow=len(LEVELS))
     figure, ax = plt.subplots(figsize=(len(LEVELS) * 0.9 + 1.8, len(DISTURBANCES) * 0.9 + 0.6))
     ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=255)
     ax.set_xticks([(i + 0.5) * grid.shape[-1] / len(LEVELS) for i in range(len(LEVELS))], [f"{v:g}" for v in LEVELS])
     ax.set_yticks([(i + 0.5) * grid.shape[-2] / len(DISTURBANCES) for i in range(len(DISTURBANCES))], DISTURBANCES)
-    ax.set_xlabel("level")
-    ax.set_title("Disturbances (one training image; mixing replaces whole images)", fontsize=9)
+    ax.set_xlabel("level (mixing rows: examples of the images mixed in)")
+    ax.set_title("Disturbances of one training image", fontsize=9)
     figure.tight_layout()
     path = out / "disturbance_examples.png"
     figure.savefig(path, dpi=130)
@@ -207,24 +214,28 @@ def examples_figure(images: torch.Tensor, outliers: dict, out: Path) -> Path:
 
 
 def histogram_figure(checks: dict, out: Path) -> Path:
+    """FID change of each resampling, in FID points of each extractor (both spaces spread the five families' FIDs
+    about equally: the caption of results/extractor_checks gives the standard deviations)."""
     sets = list(checks)
-    figure, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     width = 0.38
     for ax, change in zip(axes, ("matched", "skewed")):
         for k, (name, colour) in enumerate((("fmnist_classifier", "tab:blue"), ("fmnist_ssl", "tab:orange"))):
-            shift = [100 * (checks[s][name][change] - checks[s][name]["random"]) / checks[s][name]["random"] for s in sets]
-            spread = [100 * checks[s][name]["random_std"] / checks[s][name]["random"] for s in sets]
+            shift = [checks[s][name][change] - checks[s][name]["random"] for s in sets]
+            spread = [checks[s][name]["random_std"] for s in sets]
             xs = np.arange(len(sets)) + (k - 0.5) * width
-            ax.bar(xs, shift, width, color=colour, label={"fmnist_classifier": "classifier", "fmnist_ssl": "SimCLR"}[name])
+            ax.bar(xs, shift, width, color=colour, label={"fmnist_classifier": "classifier (labels)",
+                                                          "fmnist_ssl": "SimCLR (no labels)"}[name])  # fmt: skip
             ax.errorbar(xs, [0] * len(sets), yerr=spread, fmt="none", ecolor="black", capsize=3, lw=1)
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(np.arange(len(sets)), sets, rotation=20)
         ax.set_title({"matched": "resampled to the test set's class histogram",
                       "skewed": "resampled to a skewed histogram (1.5x / 0.5x)"}[change], fontsize=10)  # fmt: skip
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("FID change, % of a random subset's FID")
+    axes[0].set_ylabel("FID change against a random subset")
     axes[0].legend(fontsize=8)
-    figure.suptitle("Same images, other class frequencies: how far FID moves (bars: ± std over random subsets)", fontsize=10)
+    figure.suptitle("Same images, other class frequencies (by the classifier's labels): how far FID moves "
+                    "(whiskers: ± std over random subsets)", fontsize=10)  # fmt: skip
     figure.tight_layout()
     path = out / "class_histogram.png"
     figure.savefig(path, dpi=130)
@@ -322,6 +333,9 @@ def main() -> None:
             for name, (layer, feats) in features(disturbed).items():
                 curves[name].setdefault(kind, []).append(fid({layer: feats}, references[name], layer))
         print(kind, {name: [round(v, 1) for v in curves[name][kind]] for name in EXTRACTORS}, flush=True)
+    families = [label for label in checks if label in samplers]
+    family_spread = {name: float(np.std([checks[f][name]["random"] for f in families], ddof=1)) if len(families) > 1
+                     else None for name in EXTRACTORS}  # fmt: skip
     monotone = {name: {kind: float(spearmanr(LEVELS, values).statistic) for kind, values in by_kind.items()}
                 for name, by_kind in curves.items()}  # fmt: skip
 
@@ -336,6 +350,7 @@ def main() -> None:
         "samplers": samplers,
         "levels": list(LEVELS),
         "class_histogram": checks,
+        "family_fid_std": family_spread,
         "disturbances": curves,
         "spearman_with_level": monotone,
         "seconds": round(time.perf_counter() - started, 1),

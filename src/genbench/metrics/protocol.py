@@ -3,7 +3,8 @@
 A score is comparable with another only when everything that decides it is the same. :func:`protocol_fields` is
 the one place that says what that is; :func:`protocol_id` names those fields. The fields:
 
-* ``extractor`` and ``extractor_sha256``: the feature network (torch-fidelity registry name) and its weights;
+* ``extractor`` and ``extractor_sha256``: the feature network (torch-fidelity registry name) and its weights
+  (with ``metrics.extractors``, each extractor makes its own protocol of the same images);
 * ``reference`` and ``n_real``: the real images, by the fingerprint of their split (or the sha256 of their pixels
   for a folder or .npz) and their count. A train or val split is drawn by the run's data seed, which is written
   ``seed*``: each run is scored against its own split, and the seeds of a study share one protocol;
