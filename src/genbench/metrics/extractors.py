@@ -49,33 +49,29 @@ CLASSIFIER_LAYERS = {"inception-v3-compat": ("2048", "logits_unbiased"), FMNIST:
 DOWNLOAD_TIMEOUT_S = 30
 
 
-class FMNISTFeatureExtractor(torch_fidelity.FeatureExtractorBase):
-    """Torch-fidelity wrapper of the shipped Fashion-MNIST classifier.
+class ShippedExtractor(torch_fidelity.FeatureExtractorBase):
+    """A Fashion-MNIST network shipped in ``genbench/assets``, behind torch-fidelity's interface.
 
-    Features: ``penultimate`` (128-d, for FID/KID/PRC) and ``logits`` (10 classes, for IS). Accepts uint8 images
-    with 1 or 3 channels at any size; see :func:`genbench.metrics.classifier.to_grey28`.
+    Accepts uint8 images with 1 or 3 channels at any size (:func:`genbench.metrics.classifier.to_grey28` maps both
+    to the grey 28x28 inputs it was trained on). Subclasses say how to load the network and name its outputs.
     """
+
+    @staticmethod
+    def load(weights_path):  # -> (network in eval mode, weights sha256)
+        raise NotImplementedError
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
-        self.net, self.weights_sha256 = load_classifier(feature_extractor_weights_path)
+        self.net, self.weights_sha256 = self.load(feature_extractor_weights_path)
         self.requires_grad_(False)
         self.eval()
 
     def forward(self, x):
         if not (torch.is_tensor(x) and x.dtype == torch.uint8):
-            raise GenbenchError("the fmnist_classifier extractor expects uint8 images")
-        features, logits = self.net(to_grey28(x))
-        out = {"penultimate": features, "logits": logits}
-        return tuple(out[name] for name in self.features_list)
-
-    @staticmethod
-    def get_provided_features_list():
-        return ("penultimate", "logits")
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return {"isc": "logits", "fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}[metric]
+            raise GenbenchError(f"the {self.name} extractor expects uint8 images")
+        outputs = self.net(to_grey28(x))
+        named = dict(zip(self.get_provided_features_list(), outputs if isinstance(outputs, tuple) else (outputs,)))
+        return tuple(named[layer] for layer in self.features_list)
 
     @staticmethod
     def can_be_compiled():
@@ -86,23 +82,26 @@ class FMNISTFeatureExtractor(torch_fidelity.FeatureExtractorBase):
         return torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
 
 
-class FMNISTSSLFeatureExtractor(torch_fidelity.FeatureExtractorBase):
-    """Torch-fidelity wrapper of the shipped label-free encoder (:mod:`genbench.metrics.ssl`).
+class FMNISTFeatureExtractor(ShippedExtractor):
+    """The shipped Fashion-MNIST classifier: ``penultimate`` (128-d, for FID/KID/PRC) and ``logits`` (its class
+    posterior, for IS)."""
 
-    One feature layer, ``penultimate`` (128-d, for FID/KID/PRC/memorization). It has no class posterior, so no
-    Inception Score. Inputs as :class:`FMNISTFeatureExtractor`'s.
-    """
+    load = staticmethod(load_classifier)
 
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        self.net, self.weights_sha256 = load_ssl(feature_extractor_weights_path)
-        self.requires_grad_(False)
-        self.eval()
+    @staticmethod
+    def get_provided_features_list():
+        return ("penultimate", "logits")
 
-    def forward(self, x):
-        if not (torch.is_tensor(x) and x.dtype == torch.uint8):
-            raise GenbenchError("the fmnist_ssl extractor expects uint8 images")
-        return (self.net(to_grey28(x)),)
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return {"isc": "logits", "fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}[metric]
+
+
+class FMNISTSSLFeatureExtractor(ShippedExtractor):
+    """The shipped label-free encoder (:mod:`genbench.metrics.ssl`): one layer, ``penultimate`` (128-d, for
+    FID/KID/PRC/memorization). It has no class posterior, so no Inception Score."""
+
+    load = staticmethod(load_ssl)
 
     @staticmethod
     def get_provided_features_list():
@@ -113,14 +112,6 @@ class FMNISTSSLFeatureExtractor(torch_fidelity.FeatureExtractorBase):
         if metric == "isc":
             raise GenbenchError("the fmnist_ssl extractor has no class posterior, so no Inception Score")
         return "penultimate"
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
 
 
 for _name, _cls in ((FMNIST, FMNISTFeatureExtractor), (FMNIST_SSL, FMNISTSSLFeatureExtractor)):
