@@ -104,14 +104,13 @@ def test_bad_training_arguments_are_one_line_errors(tmp_path, capsys):
 @requires_fmnist
 def test_without_labels_its_features_still_tell_garments_apart(fmnist):
     """k-NN on 10,000 training images' features, 2,000 test images: far above chance (0.1), near the record's."""
-    from genbench.data.idx import find_root
-    from genbench.metrics.train_ssl import features, load
+    from genbench.data.idx import find_root, split_tensors
 
-    train_x, train_y = load(find_root(None), "train")
-    test_x, test_y = load(find_root(None), "test")
-    encoder, _ = ssl.load_ssl()
-    accuracy = ssl.knn_accuracy(features(encoder, train_x[:10000]), train_y[:10000], features(encoder, test_x[:2000]),
-                                test_y[:2000])  # fmt: skip
+    train_x, train_y = split_tensors(find_root(None), "train")
+    test_x, test_y = split_tensors(find_root(None), "test")
+    extractor = build_extractor("fmnist_ssl", 1)
+    features = lambda x: extractor.features(x)["penultimate"]  # noqa: E731
+    accuracy = ssl.knn_accuracy(features(train_x[:10000]), train_y[:10000], features(test_x[:2000]), test_y[:2000])
     assert accuracy > read_record(ssl.RECORD_PATH)["knn_accuracy"] - 0.05
 
 

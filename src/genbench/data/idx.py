@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from genbench.errors import GenbenchError
 
@@ -82,3 +83,9 @@ def load_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise GenbenchError(f"{root / label_file}: label {int(labels[bad[0]])} at index {int(bad[0])} ({len(bad)} such); "
                             f"expected class ids 0-{len(CLASS_NAMES) - 1} ({', '.join(CLASS_NAMES)})")  # fmt: skip
     return images, labels
+
+
+def split_tensors(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`load_split` as torch tensors: uint8 images (N, 1, 28, 28) and int64 labels (N,)."""
+    images, labels = load_split(root, split)
+    return torch.from_numpy(np.array(images)).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))

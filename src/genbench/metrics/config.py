@@ -48,8 +48,6 @@ class MetricsConfig(Metrics):
 
         for name in self.extractor_names():
             check_name(name)
-        if self.extractors:
-            self.extractor = self.extractors[0]  # the run's own, and the one FID-during-training curves use
         for key in ("inception_weights", "extractor_weights"):
             path = getattr(self, key)
             if path is not None and not Path(path).expanduser().is_file():

@@ -17,13 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from genbench.data.idx import find_root, load_split
+from genbench.data.idx import find_root, split_tensors
 from genbench.errors import GenbenchError, user_errors
 from genbench.files import atomic_open, write_json
 from genbench.metrics.classifier import ASSETS, JUNK_CLASS, PIXEL_MEAN, PIXEL_STD, FashionClassifier, sha256_file, to_grey28
@@ -72,7 +71,7 @@ def accuracy(model: FashionClassifier, images: torch.Tensor, labels: torch.Tenso
     return correct / len(images)
 
 
-def _progress() -> Progress:
+def training_progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
@@ -86,12 +85,8 @@ def train(
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     generator = torch.Generator().manual_seed(seed)
-    train_x, train_y = load_split(root, "train")
-    test_x, test_y = load_split(root, "test")
-    train_images = torch.from_numpy(np.array(train_x)).unsqueeze(1)
-    train_labels = torch.from_numpy(train_y.astype(np.int64))
-    test_images = torch.from_numpy(np.array(test_x)).unsqueeze(1)
-    test_labels = torch.from_numpy(test_y.astype(np.int64))
+    train_images, train_labels = split_tensors(root, "train")
+    test_images, test_labels = split_tensors(root, "test")
     inputs = to_grey28(train_images)  # normalise once; augmentation works on normalised floats
 
     model = FashionClassifier(width=width)
@@ -99,7 +94,7 @@ def train(
     steps_per_epoch = len(inputs) // batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
     start = time.perf_counter()
-    with _progress() as progress:
+    with training_progress() as progress:
         task = progress.add_task("train classifier", total=epochs * steps_per_epoch, info="")
         for epoch in range(epochs):
             model.train()

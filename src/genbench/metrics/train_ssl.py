@@ -20,16 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from genbench.data.idx import find_root, load_split
+from genbench.data.idx import find_root, split_tensors
 from genbench.errors import GenbenchError, user_errors
 from genbench.files import atomic_open, write_json
-from genbench.metrics.classifier import ASSETS, PIXEL_MEAN, PIXEL_STD, load_classifier, sha256_file, to_grey28
+from genbench.metrics.classifier import ASSETS, PIXEL_MEAN, PIXEL_STD, sha256_file
+from genbench.metrics.extractors import FMNIST, FMNIST_SSL, build_extractor
 from genbench.metrics.ssl import SSLEncoder, knn_accuracy, linear_probe_accuracy, nt_xent, views
-from genbench.metrics.train_classifier import _progress
+from genbench.metrics.train_classifier import training_progress
 
 
 def projector(feature_dim: int, out_dim: int = 64) -> nn.Sequential:
@@ -53,7 +53,7 @@ def train(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
     losses = []
     start = time.perf_counter()
-    with _progress() as progress:
+    with training_progress() as progress:
         task = progress.add_task("train SSL extractor", total=epochs * steps_per_epoch, info="")
         for epoch in range(epochs):
             encoder.train(), head.train()
@@ -76,19 +76,9 @@ def train(
     return encoder.eval(), time.perf_counter() - start, losses
 
 
-@torch.no_grad()
-def features(network, images: torch.Tensor) -> torch.Tensor:
-    """Frozen features of uint8 images, the way the evaluator takes them (:func:`to_grey28`, eval mode)."""
-    out = []
-    for start in range(0, len(images), 1000):
-        value = network(to_grey28(images[start : start + 1000]))
-        out.append(value[0] if isinstance(value, tuple) else value)
-    return torch.cat(out)
-
-
-def probes(network, train_x, train_y, test_x, test_y) -> dict:
-    """k-NN and linear-probe test accuracies of a network's frozen features."""
-    train_f, test_f = features(network, train_x), features(network, test_x)
+def probes(extractor, train_x, train_y, test_x, test_y) -> dict:
+    """k-NN and linear-probe test accuracies of an evaluator extractor's features (exactly what it scores with)."""
+    train_f, test_f = (extractor.features(x)[extractor.feature_layer] for x in (train_x, test_x))
     return {
         "knn_accuracy": round(knn_accuracy(train_f, train_y, test_f, test_y), 4),
         "linear_probe_accuracy": round(linear_probe_accuracy(train_f, train_y, test_f, test_y), 4),
@@ -106,11 +96,6 @@ def without_out(argv: list[str]) -> list[str]:
         elif not arg.startswith("--out="):
             kept.append(arg)
     return kept
-
-
-def load(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = load_split(root, split)
-    return torch.from_numpy(np.array(x)).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
 
 
 @user_errors
@@ -136,22 +121,23 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    train_x, train_y = load(root, "train")
-    test_x, test_y = load(root, "test")
+    train_x, train_y = split_tensors(root, "train")
+    test_x, test_y = split_tensors(root, "test")
     used = train_x if args.subset is None else train_x[: args.subset]
     encoder, seconds, losses = train(used, args.epochs, args.seed, args.batch_size, args.lr, args.width, args.temperature)
     weights = out / "fmnist_ssl.pt"
     with atomic_open(weights, "wb") as f:
         torch.save({"arch": {"width": args.width}, "state_dict": encoder.state_dict()}, f)
     started = time.perf_counter()
-    classifier, classifier_sha = load_classifier()
+    ssl_features = build_extractor(FMNIST_SSL, 1, extractor_weights=str(weights))
+    classifier = build_extractor(FMNIST, 1)
     record = {
         "sha256": sha256_file(weights),
         "method": "SimCLR (NT-Xent), Fashion-MNIST training split, no labels",
-        **probes(encoder, train_x, train_y, test_x, test_y),
+        **probes(ssl_features, train_x, train_y, test_x, test_y),
         "probe": "frozen features; k-NN: k=20, cosine, training split as the bank; linear probe: multinomial "
                  "logistic regression, L-BFGS, L2 1e-4, standardised features; both tested on t10k (10,000 images)",
-        "classifier": {"sha256": classifier_sha, **probes(classifier, train_x, train_y, test_x, test_y)},
+        "classifier": {"sha256": classifier.weights_sha256, **probes(classifier, train_x, train_y, test_x, test_y)},
         "probe_seconds": None,
         "feature_dim": encoder.embed[0].out_features,
         "parameters": sum(p.numel() for p in encoder.parameters()),

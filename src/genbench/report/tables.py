@@ -122,9 +122,11 @@ class Agreement:
         """The metrics whose rankings differ (τ < 1: at least one pair of rows swaps)."""
         return [name for name, tau in self.tau.items() if tau is not None and tau < 1 - 1e-9]
 
-    def text(self, other: int) -> str:
+    def text(self, table: int) -> str:
+        """The sentence for table ``table``'s caption (one of :attr:`tables`), naming the other table."""
+        other = 1 - self.tables.index(table)
         taus = ", ".join(f"{name} {'n/a' if tau is None else f'{tau:.2f}'}" for name, tau in self.tau.items())
-        head = (f"Ranking against Table {other} ({self.extractors[self.tables.index(other)]} features), "
+        head = (f"Ranking against Table {self.tables[other]} ({self.extractors[other]} features), "
                 f"Kendall τ over {self.rows} rows: {taus}.")  # fmt: skip
         if self.disagree:
             return (f"{head} **The rankings disagree** on {', '.join(self.disagree)}: there the order of these rows "
@@ -170,8 +172,7 @@ def build_summary(runs: list[Run], missing: list[str]) -> Summary:
     summary.agreements = rank_agreements(tables)
     for agreement in summary.agreements:
         for number in agreement.tables:
-            other = agreement.tables[1 - agreement.tables.index(number)]
-            tables[number - 1].caption += " " + agreement.text(other)
+            tables[number - 1].caption += " " + agreement.text(number)
     if len([p for p in by_protocol if p is not None]) > 1:
         summary.notes.append("Scores were made under different evaluation protocols (extractor, reference, sample "
                              "counts or metric settings); each protocol has its own table and none are averaged "

@@ -138,6 +138,7 @@ class Metrics(Group):
         if len(self.extractors) > 1 and self.extractor_weights is not None:
             raise ValueError("metrics.extractor_weights names one extractor's weights; with several "
                              "metrics.extractors it would be unclear whose: score with one extractor at a time")  # fmt: skip
+        self.extractor = self.extractors[0]  # the run's own, and the one FID-during-training curves use
         return self
 
 
